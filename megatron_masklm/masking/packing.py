@@ -1,0 +1,63 @@
+"""Hard masks <-> packed bits, and the released-mask .npz format (SPEC section 5)."""
+import os
+import tempfile
+import zipfile
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+
+MASK_SUFFIX = ".mask"
+
+
+def pack_mask(mask) -> np.ndarray:
+    """np.packbits of the flattened boolean keep-mask (numpy's default big-endian bit order)."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    return np.packbits(np.asarray(mask).astype(bool).reshape(-1))
+
+
+def unpack_mask(packed: np.ndarray, shape: Tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`pack_mask`: unpack, truncate to numel, reshape; a bool tensor."""
+    numel = int(np.prod(shape))
+    packed = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    if packed.size != (numel + 7) // 8:
+        raise ValueError(
+            f"packed mask has {packed.size} bytes but shape {tuple(shape)} needs {(numel + 7) // 8}: "
+            f"the mask file does not belong to this weight"
+        )
+    bits = np.unpackbits(packed)[:numel]
+    return torch.from_numpy(bits.astype(bool).reshape(shape))
+
+
+def save_masks_npz(path: str, masks: Dict[str, torch.Tensor]) -> None:
+    """Write ``{param name: keep-mask}`` as ``<name>.mask`` packed entries, atomically."""
+    entries = {name + MASK_SUFFIX: pack_mask(mask) for name, mask in masks.items()}
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, **entries)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_masks_npz(path: str, shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, torch.Tensor]:
+    """Read the masks named in ``shapes`` from a mask .npz; missing or extra entries raise."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"cannot read mask file {path!r}: {error}") from error
+    with archive:
+        names = {key[: -len(MASK_SUFFIX)] for key in archive.files if key.endswith(MASK_SUFFIX)}
+        missing = sorted(set(shapes) - names)
+        extra = sorted(names - set(shapes))
+        if missing or extra:
+            raise ValueError(
+                f"mask file {path!r} does not match the model: missing {missing[:5]} "
+                f"({len(missing)} in all), unexpected {extra[:5]} ({len(extra)} in all)"
+            )
+        return {name: unpack_mask(archive[name + MASK_SUFFIX], shape) for name, shape in shapes.items()}

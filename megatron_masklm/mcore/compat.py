@@ -1,0 +1,95 @@
+"""Every Megatron-Core call whose signature moves between releases (0.16 here, 0.19+ on clusters).
+
+Other modules import these wrappers instead of reaching into megatron.core directly, so an
+upgrade touches this file only.
+"""
+import inspect
+from typing import Dict, Optional
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.models.gpt import gpt_layer_specs
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer import mlp as mcore_mlp
+from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
+
+try:  # Transformer Engine is optional; a broken install (the thin meta package) is not fatal.
+    from megatron.core.extensions import transformer_engine as mcore_te
+
+    HAVE_TE = bool(getattr(mcore_te, "HAVE_TE", True))
+except (ImportError, RuntimeError):  # pragma: no cover - depends on the machine
+    mcore_te = None
+    HAVE_TE = False
+
+for _cls in (ColumnParallelLinear, RowParallelLinear):
+    if not hasattr(_cls, "_forward_impl"):  # pragma: no cover - guards future releases
+        raise ImportError(
+            f"megatron-core {_cls.__name__} has no _forward_impl seam; megatron_masklm needs a "
+            "release that has it (0.16.1 through 0.19 do)"
+        )
+
+
+def _supported_kwargs(fn, kwargs: dict) -> dict:
+    params = inspect.signature(fn).parameters
+    return {key: value for key, value in kwargs.items() if key in params}
+
+
+def initialize_model_parallel(*, tensor_model_parallel_size: int, pipeline_model_parallel_size: int,
+                              distributed_timeout_minutes: int = 30) -> None:
+    """parallel_state.initialize_model_parallel with only the arguments this release knows."""
+    parallel_state.initialize_model_parallel(**_supported_kwargs(
+        parallel_state.initialize_model_parallel,
+        dict(
+            tensor_model_parallel_size=tensor_model_parallel_size,
+            pipeline_model_parallel_size=pipeline_model_parallel_size,
+            distributed_timeout_minutes=distributed_timeout_minutes,
+        ),
+    ))
+
+
+def dp_cp_group(metadata: Optional[dict]):
+    """The data-parallel (with context-parallel) group a sharded_state_dict call should use."""
+    if metadata and metadata.get("dp_cp_group") is not None:
+        return metadata["dp_cp_group"]
+    return parallel_state.get_data_parallel_group(with_context_parallel=True)
+
+
+def sharded_tensors(tensors: Dict[str, torch.Tensor], prefix: str, axis_map: Dict[str, int],
+                    sharded_offsets, *, tp_group, metadata: Optional[dict]) -> dict:
+    """ShardedTensors for ``tensors`` split over ``tp_group`` along ``axis_map``'s dims.
+
+    Both groups are always passed: a dp_cp_group without tp_group would treat TP as size 1.
+    """
+    return make_sharded_tensors_for_checkpoint(
+        tensors, prefix, axis_map, sharded_offsets,
+        tp_group=tp_group, dp_cp_group=dp_cp_group(metadata),
+    )
+
+
+def swiglu_sharded(sharded_tensor, sharded_offsets, metadata: Optional[dict]):
+    """Megatron's gate/up re-layout for a fused GLU fc1 tensor (rows chunked per TP rank)."""
+    singleton = (metadata or {}).get("singleton_local_shards", False)
+    fn = mcore_mlp.apply_swiglu_sharded_factory
+    if "singleton_local_shards" in inspect.signature(fn).parameters:
+        return fn(sharded_tensor, sharded_offsets, singleton)
+    return fn(sharded_tensor, sharded_offsets)  # pragma: no cover - older releases
+
+
+def gpt_layer_spec(*, use_te: bool, normalization: str, qk_layernorm: bool = False):
+    """Megatron's dense GPT layer spec: local (torch) modules, or Transformer Engine ones."""
+    if use_te:
+        if not HAVE_TE:
+            raise RuntimeError(
+                "use_te=True needs Transformer Engine (NGC PyTorch containers ship it); "
+                "on CPU use the local spec (use_te=False)"
+            )
+        fn = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec
+        return fn(**_supported_kwargs(fn, dict(qk_layernorm=qk_layernorm)))
+    fn = gpt_layer_specs.get_gpt_layer_local_spec
+    return fn(**_supported_kwargs(fn, dict(qk_layernorm=qk_layernorm, normalization=normalization)))
+
+
+def layer_tp_group(layer: torch.nn.Module):
+    """The tensor-parallel group a Megatron linear (local or TE) was built with."""
+    group = getattr(layer, "tp_group", None) or getattr(layer, "_tp_group", None)
+    return group if group is not None else parallel_state.get_tensor_model_parallel_group()

@@ -1,0 +1,194 @@
+"""Build masked LLaMA-family and GPT-style Megatron-Core models, and act on their masks."""
+from dataclasses import dataclass
+from typing import Dict, Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer import TransformerConfig
+
+from ..masking import MaskConfig, MaskState, apply_prior_, is_exact_nm
+from . import compat
+from .layers import MaskedLinearMixin
+from .spec import get_masked_gpt_layer_spec
+
+FAMILIES = ("llama", "gpt")
+
+
+@dataclass(kw_only=True)
+class ModelShape:
+    """Architecture of a decoder-only model; ``family`` picks LLaMA or GPT-style defaults."""
+
+    family: str = "llama"
+    """"llama": RMSNorm, SwiGLU, RoPE, no biases. "gpt": LayerNorm, GeLU, learned positions, biases."""
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_attention_heads: int
+    num_query_groups: Optional[int] = None
+    """Key/value heads for grouped-query attention; None means one per attention head."""
+    vocab_size: int
+    max_position_embeddings: int = 4096
+    rotary_base: float = 10000.0
+    norm_eps: float = 1e-5
+    tied_embeddings: bool = False
+    """Share the input embedding with the output head (SmolLM2, GPT-2 style)."""
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family {self.family!r} is not one of {FAMILIES}")
+        groups = self.num_query_groups or self.num_attention_heads
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.num_attention_heads % groups:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                             f"num_query_groups {groups}")
+
+
+def build_transformer_config(
+    shape: ModelShape,
+    *,
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    sequence_parallel: bool = False,
+    bf16: bool = False,
+    use_cpu_initialization: Optional[bool] = None,
+    **overrides,
+) -> TransformerConfig:
+    """Megatron TransformerConfig for ``shape``; fused kernels off where CUDA is absent."""
+    on_gpu = torch.cuda.is_available()
+    groups = shape.num_query_groups or shape.num_attention_heads
+    if groups % tensor_model_parallel_size:
+        raise ValueError(f"num_query_groups {groups} is not divisible by tensor-parallel size "
+                         f"{tensor_model_parallel_size}: pick a TP size that divides it")
+    if shape.num_layers % pipeline_model_parallel_size:
+        raise ValueError(f"num_layers {shape.num_layers} is not divisible by pipeline-parallel "
+                         f"size {pipeline_model_parallel_size}")
+    llama = shape.family == "llama"
+    kwargs = dict(
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
+        ffn_hidden_size=shape.ffn_hidden_size,
+        num_attention_heads=shape.num_attention_heads,
+        num_query_groups=groups,
+        kv_channels=shape.hidden_size // shape.num_attention_heads,
+        layernorm_epsilon=shape.norm_eps,
+        normalization="RMSNorm" if llama else "LayerNorm",
+        gated_linear_unit=llama,
+        activation_func=F.silu if llama else F.gelu,
+        add_bias_linear=not llama,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        sequence_parallel=sequence_parallel and tensor_model_parallel_size > 1,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_cpu_initialization=(not on_gpu) if use_cpu_initialization is None else use_cpu_initialization,
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=on_gpu and not llama,
+        bias_dropout_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu,
+        apply_rope_fusion=False,
+        persist_layer_norm=on_gpu,
+    )
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)
+
+
+def build_masked_gpt_model(
+    shape: ModelShape,
+    mask_config: MaskConfig,
+    *,
+    config: Optional[TransformerConfig] = None,
+    use_te: Optional[bool] = None,
+    pre_process: bool = True,
+    post_process: bool = True,
+) -> GPTModel:
+    """A Megatron-Core GPTModel whose transformer-block linears all carry learnable N:M masks.
+
+    Embeddings, output head and norms are never masked; in mask-only mode (the default) they and
+    the weights are frozen, so only the logits get gradients and optimizer state.
+    """
+    config = config or build_transformer_config(shape)
+    use_te = compat.HAVE_TE and torch.cuda.is_available() if use_te is None else use_te
+    tp = config.tensor_model_parallel_size
+    if shape.vocab_size % tp:
+        raise ValueError(f"vocab_size {shape.vocab_size} is not divisible by tensor-parallel size "
+                         f"{tp}: pad the vocabulary to a multiple of {tp}")
+    spec = get_masked_gpt_layer_spec(mask_config, use_te=use_te, normalization=config.normalization)
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=shape.vocab_size,
+        max_sequence_length=shape.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=shape.tied_embeddings,
+        position_embedding_type="rope" if shape.family == "llama" else "learned_absolute",
+        rotary_base=shape.rotary_base,
+    )
+    apply_mask_training_freeze(model, train_weights=mask_config.train_weights)
+    return model
+
+
+def masked_linears(model: torch.nn.Module) -> Iterator[Tuple[str, MaskedLinearMixin]]:
+    """(name, layer) for every masked linear in ``model``, in module order."""
+    for name, module in model.named_modules():
+        if isinstance(module, MaskedLinearMixin):
+            yield name, module
+
+
+def apply_mask_training_freeze(model: torch.nn.Module, *, train_weights: bool) -> None:
+    """Only the mask logits train; with ``train_weights`` everything else trains too."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(train_weights or name.endswith("mask_logits"))
+
+
+def apply_mask_state(model: torch.nn.Module, state: MaskState) -> None:
+    """Set this step's temperature, logit scale and regulariser weight on every masked layer."""
+    for _, layer in masked_linears(model):
+        layer.set_mask_state(state)
+
+
+@torch.no_grad()
+def apply_prior_masks(model: torch.nn.Module, prior_masks: Dict[str, torch.Tensor], *,
+                      strength: float) -> None:
+    """Shift each layer's logits towards a one-shot keep-mask shard (SPEC section 2).
+
+    ``prior_masks`` maps a masked layer's module name to its mask shaped like its weight
+    shard. The std is that of the whole (unsharded) layer's logits, reduced over TP.
+    """
+    layers = dict(masked_linears(model))
+    unknown = sorted(set(prior_masks) - set(layers))
+    missing = sorted(set(layers) - set(prior_masks))
+    if unknown or missing:
+        raise ValueError(f"prior masks do not match the model's masked layers: unknown "
+                         f"{unknown[:3]}, missing {missing[:3]} ({len(missing)} in all)")
+    for name, layer in layers.items():
+        apply_prior_(layer.mask_logits, prior_masks[name], layer.mask_candidates,
+                     strength=strength, logits_std=_tp_std(layer))
+
+
+def _tp_std(layer: MaskedLinearMixin) -> float:
+    """Unbiased std of a layer's logits over all its tensor-parallel shards."""
+    logits = layer.mask_logits.detach().double()
+    stats = torch.stack([logits.sum(), logits.pow(2).sum(),
+                         torch.tensor(float(logits.numel()), dtype=torch.float64)])
+    group = compat.layer_tp_group(layer)
+    if group.size() > 1:
+        torch.distributed.all_reduce(stats, group=group)
+    total, squares, count = stats.tolist()
+    return max((squares - total * total / count) / (count - 1), 0.0) ** 0.5
+
+
+def hard_masks(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """Final argmax keep-mask of every masked layer's shard, keyed by module name."""
+    return {name: layer.hard_mask() for name, layer in masked_linears(model)}
+
+
+def check_nm(model: torch.nn.Module) -> Dict[str, bool]:
+    """Whether each masked layer's final mask is exactly N:M along the input dimension."""
+    return {name: is_exact_nm(layer.hard_mask(), layer.mask_config.n, layer.mask_config.m)
+            for name, layer in masked_linears(model)}

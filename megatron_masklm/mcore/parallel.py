@@ -1,0 +1,95 @@
+"""Process-group and model-parallel set-up that works under torchrun on GPUs and on CPU."""
+import datetime
+import hashlib
+import os
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+
+from . import compat
+from .cpu_backend import enable_cpu_backend
+
+MASK_NOISE_RNG = "masklm-gumbel-rng"
+"""Name of the RNG-tracker state the masked layers draw their Gumbel noise from."""
+
+
+def initialize_distributed(
+    *,
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    seed: int = 1234,
+    init_method: Optional[str] = None,
+    timeout_minutes: int = 30,
+    cuda_to_cpu_mode: bool = False,
+) -> None:
+    """torch.distributed (NCCL on GPU, gloo on CPU), Megatron's parallel state and its RNGs.
+
+    Reads RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them; a plain ``python`` run is a
+    world of one. Without CUDA it installs the CPU backend first.
+    """
+    on_cpu = enable_cpu_backend(cuda_to_cpu_mode=cuda_to_cpu_mode)
+    if not dist.is_initialized():
+        rank = int(os.environ.get("RANK", "0"))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if init_method is None and "MASTER_ADDR" not in os.environ:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
+        if not on_cpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(
+            backend="gloo" if on_cpu else "nccl",
+            init_method=init_method,
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
+    world_size = dist.get_world_size()
+    model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size
+    if world_size % model_parallel != 0:
+        raise ValueError(
+            f"world size {world_size} is not divisible by TP {tensor_model_parallel_size} x "
+            f"PP {pipeline_model_parallel_size}: launch a multiple of {model_parallel} ranks"
+        )
+    compat.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        distributed_timeout_minutes=timeout_minutes,
+    )
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    seed_mask_noise(seed, iteration=0)
+
+
+def destroy_distributed() -> None:
+    """Undo :func:`initialize_distributed` (tests re-initialise within one process)."""
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mask_noise_seed(seed: int, *, iteration: int, tp_rank: int, pp_rank: int, dp_rank: int) -> int:
+    """A 63-bit seed that differs for every (seed, iteration, TP, PP, DP rank)."""
+    text = f"masklm:{seed}:{iteration}:{tp_rank}:{pp_rank}:{dp_rank}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
+
+
+def seed_mask_noise(seed: int, *, iteration: int) -> None:
+    """(Re)seed the Gumbel-noise RNG so noise is reproducible from (seed, iteration) and differs
+    across tensor-, pipeline- and data-parallel ranks (every replica samples its own masks).
+
+    Call it after :func:`initialize_distributed`, at the start of every iteration.
+    """
+    rng_seed = mask_noise_seed(
+        seed,
+        iteration=iteration,
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(with_context_parallel=True),
+    )
+    tracker = tensor_parallel.get_cuda_rng_tracker()
+    if MASK_NOISE_RNG not in tracker.get_states():
+        tracker.add(MASK_NOISE_RNG, rng_seed)
+    else:
+        with tracker.fork(MASK_NOISE_RNG):
+            torch.cuda.manual_seed(rng_seed)

@@ -1,0 +1,77 @@
+"""Masked variants of Megatron's Transformer Engine linears (GPU only, import-guarded).
+
+TE modules take no weight argument; their forward reads ``self.weight`` (via getattr), so the
+masked weight is put in the module's parameter slot for the duration of the call and the real
+parameter is restored afterwards. TE then runs its own fused GEMMs, sequence parallelism and
+comm overlap on W * M~. FP8 weight caching, delayed wgrad and fused wgrad accumulation would
+bypass autograd (and the logits), so they are refused or switched off here.
+"""
+from . import compat
+from .layers import MaskedLinearMixin
+
+__all__ = []
+
+if compat.HAVE_TE:
+    from megatron.core.extensions.transformer_engine import (
+        TEColumnParallelLinear,
+        TELayerNormColumnParallelLinear,
+        TERowParallelLinear,
+    )
+
+    class _MaskedTEMixin(MaskedLinearMixin):
+        def _init_te_mask(self, mask_config):
+            if getattr(self.config, "fp8", None):
+                raise ValueError("masked TE linears do not support fp8: the learned mask needs "
+                                 "the bf16/fp32 weight every step; train masks in bf16")
+            if getattr(self.config, "delay_wgrad_compute", False):
+                raise ValueError("delay_wgrad_compute bypasses autograd and would starve the mask "
+                                 "logits of gradients: switch it off for mask training")
+            self._init_mask(mask_config)
+            self.fuse_wgrad_accumulation = False
+
+        def forward(self, x, *args, **kwargs):
+            weight = self._parameters["weight"]
+            self._parameters["weight"] = self.masked_weight(weight)
+            try:
+                return super().forward(x, *args, **kwargs)
+            finally:
+                self._parameters["weight"] = weight
+
+    class MaskedTELayerNormColumnParallelLinear(_MaskedTEMixin, TELayerNormColumnParallelLinear):
+        """TE fused layernorm + column-parallel linear with N:M mask logits on rows (dim 0)."""
+
+        logits_tp_axis = 0
+
+        def __init__(self, input_size, output_size, *, mask_config=None, glu_fc1=False, **kwargs):
+            super().__init__(input_size, output_size, **kwargs)
+            self.glu_fc1 = glu_fc1
+            self._init_te_mask(mask_config)
+
+    class MaskedTEColumnParallelLinear(_MaskedTEMixin, TEColumnParallelLinear):
+        """TE column-parallel linear with N:M mask logits on rows (dim 0)."""
+
+        logits_tp_axis = 0
+
+        def __init__(self, input_size, output_size, *, mask_config=None, glu_fc1=False, **kwargs):
+            super().__init__(input_size, output_size, **kwargs)
+            self.glu_fc1 = glu_fc1
+            self._init_te_mask(mask_config)
+
+    class MaskedTERowParallelLinear(_MaskedTEMixin, TERowParallelLinear):
+        """TE row-parallel linear with N:M mask logits on input groups (dim 1)."""
+
+        logits_tp_axis = 1
+
+        def __init__(self, input_size, output_size, *, mask_config=None, **kwargs):
+            super().__init__(input_size, output_size, **kwargs)
+            self._init_te_mask(mask_config)
+
+    TE_MASKED_CLASSES = {
+        TELayerNormColumnParallelLinear: MaskedTELayerNormColumnParallelLinear,
+        TEColumnParallelLinear: MaskedTEColumnParallelLinear,
+        TERowParallelLinear: MaskedTERowParallelLinear,
+    }
+    __all__ += ["MaskedTELayerNormColumnParallelLinear", "MaskedTEColumnParallelLinear",
+                "MaskedTERowParallelLinear"]
+else:
+    TE_MASKED_CLASSES = {}
