@@ -1,0 +1,205 @@
+"""Masked Megatron-Core layers and model in one process (world of 1, CPU backend)."""
+import os
+import sys
+
+import pytest
+import torch
+
+from megatron_masklm.masking import MaskConfig, MaskState, hard_mask, is_exact_nm, nm_candidates
+
+SHAPE = dict(num_layers=2, hidden_size=32, ffn_hidden_size=48, num_attention_heads=4,
+             num_query_groups=2, vocab_size=64, max_position_embeddings=32)
+
+
+@pytest.fixture(scope="module")
+def mcore(tmp_path_factory):
+    from megatron_masklm import mcore
+
+    mcore.initialize_distributed(init_method=f"file://{tmp_path_factory.mktemp('pg')}/store", seed=3)
+    yield mcore
+    mcore.destroy_distributed()
+
+
+def _config(**kwargs):
+    from megatron.core.model_parallel_config import ModelParallelConfig
+
+    return ModelParallelConfig(use_cpu_initialization=True, params_dtype=torch.float32, **kwargs)
+
+
+def _column(mcore, in_features=16, out_features=8, mask_config=None, **kwargs):
+    return mcore.MaskedColumnParallelLinear(
+        in_features, out_features, config=_config(**kwargs), init_method=torch.nn.init.normal_,
+        bias=True, gather_output=False, mask_config=mask_config or MaskConfig())
+
+
+def _model(mcore, mask_config=None, **kwargs):
+    shape = mcore.ModelShape(**{**SHAPE, **kwargs})
+    torch.manual_seed(0)
+    return mcore.build_masked_gpt_model(shape, mask_config or MaskConfig())
+
+
+def test_spec_masks_every_block_linear_and_nothing_else(mcore):
+    model = _model(mcore)
+    names = [name for name, _ in mcore.masked_linears(model)]
+    expected = [f"decoder.layers.{i}.{sub}" for i in range(2) for sub in (
+        "self_attention.linear_proj", "self_attention.linear_qkv", "mlp.linear_fc1", "mlp.linear_fc2")]
+    assert sorted(names) == sorted(expected)
+    assert not isinstance(model.output_layer, mcore.MaskedLinearMixin)
+    assert model.decoder.layers[0].mlp.linear_fc1.glu_fc1
+    assert not model.decoder.layers[0].self_attention.linear_qkv.glu_fc1
+
+
+def test_mask_only_mode_trains_only_logits(mcore):
+    model = _model(mcore)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith("mask_logits") for n in trainable)
+    assert len(trainable) == 8
+    joint = _model(mcore, MaskConfig(train_weights=True))
+    assert all(p.requires_grad for p in joint.parameters())
+
+
+def test_logits_layout_dtype_and_tp_attributes(mcore):
+    layer = _column(mcore, 16, 8, MaskConfig(n=1, m=4))
+    assert layer.mask_logits.shape == (8, 4, 4) and layer.mask_logits.dtype == torch.float32
+    assert layer.mask_logits.tensor_model_parallel and layer.mask_logits.partition_dim == 0
+    row = mcore.MaskedRowParallelLinear(16, 8, config=_config(), init_method=torch.nn.init.normal_,
+                                        bias=False, input_is_parallel=True, skip_bias_add=False,
+                                        mask_config=MaskConfig())
+    assert row.mask_logits.shape == (8, 4, 6) and row.mask_logits.partition_dim == 1
+    std = layer.mask_logits.std().item()
+    assert 0.005 < std < 0.02  # Normal(0, 0.01) init
+
+
+def test_bf16_cast_keeps_logits_fp32(mcore):
+    layer = _column(mcore)
+    before = layer.mask_logits.detach().clone()
+    layer.bfloat16()
+    assert layer.weight.dtype == torch.bfloat16
+    assert layer.mask_logits.dtype == torch.float32
+    assert torch.equal(layer.mask_logits.detach(), before)  # no round trip through bf16
+    layer.train()
+    out, _ = layer(torch.randn(3, 2, 16, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert layer.mask_logits.grad.dtype == torch.float32
+
+
+def test_eval_mode_uses_the_argmax_mask(mcore):
+    layer = _column(mcore)
+    layer.eval()
+    x = torch.randn(5, 2, 16)
+    with torch.no_grad():
+        out, _ = layer(x)
+    mask = hard_mask(layer.mask_logits, nm_candidates(2, 4)).reshape(8, 16)
+    assert is_exact_nm(mask, 2, 4)
+    torch.testing.assert_close(out, x @ (layer.weight * mask).t() + layer.bias)
+
+
+def test_training_noise_is_fresh_and_reseedable(mcore):
+    layer = _column(mcore)
+    layer.train()
+    mcore.seed_mask_noise(9, iteration=4)
+    first, second = layer.masked_weight().detach(), layer.masked_weight().detach()
+    assert not torch.equal(first, second)  # fresh noise every forward
+    mcore.seed_mask_noise(9, iteration=4)
+    assert torch.equal(layer.masked_weight().detach(), first)  # reproducible from (seed, iteration)
+    mcore.seed_mask_noise(9, iteration=5)
+    assert not torch.equal(layer.masked_weight().detach(), first)
+
+
+def test_noise_seeds_differ_across_parallel_ranks():
+    from megatron_masklm.mcore.parallel import mask_noise_seed
+
+    seeds = {mask_noise_seed(1, iteration=i, tp_rank=t, pp_rank=p, dp_rank=d)
+             for i in range(3) for t in range(2) for p in range(2) for d in range(4)}
+    assert len(seeds) == 3 * 2 * 2 * 4
+
+
+def test_schedule_state_reaches_every_layer(mcore):
+    model = _model(mcore)
+    state = MaskState(temperature=0.5, logit_scale=321.0, reg_weight=2e-6)
+    mcore.apply_mask_state(model, state)
+    for _, layer in mcore.masked_linears(model):
+        assert (layer.temperature, layer.logit_scale, layer.reg_weight) == (0.5, 321.0, 2e-6)
+
+
+def test_forward_has_no_host_sync_and_keeps_no_weight_sized_state(mcore, monkeypatch):
+    layer = _column(mcore, 16, 8)
+    attributes_before = set(vars(layer))
+
+    originals = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__bool__")}
+
+    def forbid(name):
+        def call(tensor, *args, **kwargs):
+            # Megatron's RNG-tracker fork compares CPU RNG states (a host-only check, no device
+            # sync); everything else on the forward path must stay on the device.
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.endswith(os.path.join("tensor_parallel", "random.py")):
+                return originals[name](tensor, *args, **kwargs)
+            raise AssertionError(f"Tensor.{name}() (a host sync) on the masked forward path")
+        return call
+
+    for mode in (True, False):
+        layer.train(mode)
+        with monkeypatch.context() as patch:
+            for name in originals:
+                patch.setattr(torch.Tensor, name, forbid(name))
+            out, _ = layer(torch.randn(4, 2, 16))
+        out.sum().backward()
+    assert set(vars(layer)) - attributes_before == set()
+    tensors = [*layer.parameters(), *layer.buffers()]
+    weight_sized = [t for t in tensors if t.numel() >= layer.weight.numel()]
+    assert len(weight_sized) == 2  # the weight and the logits themselves, nothing cached
+    assert [name for name, _ in layer.named_buffers()] == ["mask_candidates"]
+
+
+def test_input_dimension_not_divisible_by_m_is_a_clear_error(mcore):
+    with pytest.raises(ValueError, match=r"input dimension 18 .* not divisible by M=4"):
+        _column(mcore, 18, 8)
+    with pytest.raises(ValueError, match="needs mask_config"):
+        mcore.MaskedColumnParallelLinear(16, 8, config=_config(), init_method=torch.nn.init.normal_,
+                                         bias=False, gather_output=False)
+
+
+def test_builder_rejects_bad_shapes(mcore):
+    with pytest.raises(ValueError, match="num_query_groups 3 is not divisible by tensor-parallel"):
+        mcore.build_transformer_config(mcore.ModelShape(**{**SHAPE, "num_query_groups": 3,
+                                                            "num_attention_heads": 3, "hidden_size": 33}),
+                                       tensor_model_parallel_size=2)
+    with pytest.raises(ValueError, match="hidden_size 30 is not divisible"):
+        mcore.ModelShape(**{**SHAPE, "hidden_size": 30})
+    with pytest.raises(ValueError, match="family"):
+        mcore.ModelShape(**{**SHAPE, "family": "bert"})
+
+
+def test_prior_masks_win_the_argmax(mcore):
+    model = _model(mcore)
+    priors = {}
+    gen = torch.Generator().manual_seed(1)
+    for name, layer in mcore.masked_linears(model):
+        random_logits = torch.randn(layer.mask_logits.shape, generator=gen)
+        priors[name] = hard_mask(random_logits, nm_candidates(2, 4)).reshape(layer.weight.shape)
+    # alpha=3 is a soft prior (a 1-std shift loses to init noise in ~7% of groups); alpha=10
+    # shifts the prior candidate 10 logit-stds above its rivals, so it must win everywhere.
+    mcore.apply_prior_masks(model, priors, strength=10.0)
+    for name, mask in mcore.hard_masks(model).items():
+        assert torch.equal(mask, priors[name].bool()), name
+    with pytest.raises(ValueError, match="missing"):
+        mcore.apply_prior_masks(model, {}, strength=3.0)
+
+
+def test_gpt_family_model_runs_and_is_exact_nm(mcore):
+    model = _model(mcore, family="gpt", num_query_groups=None)
+    model.eval()
+    tokens = torch.randint(0, 64, (2, 8))
+    with torch.no_grad():
+        loss = model(tokens, torch.arange(8).expand(2, 8), None, labels=tokens)
+    assert torch.isfinite(loss).all()
+    assert all(mcore.check_nm(model).values())
+    assert model.decoder.layers[0].mlp.linear_fc1.bias is not None  # biases kept
+
+
+def test_cpu_backend_reports_active_without_cuda():
+    from megatron_masklm.mcore import enable_cpu_backend
+
+    assert enable_cpu_backend() is (not torch.cuda.is_available())
