@@ -1,4 +1,5 @@
 """N:M candidate masks: every way to keep N of M consecutive weights."""
+import numbers
 from functools import lru_cache
 from itertools import combinations
 from math import comb
@@ -10,8 +11,9 @@ MAX_M = 8  # C(8, 4) = 70 candidates; larger M makes the logits bigger than the 
 
 def validate_nm(n: int, m: int) -> None:
     """Raise a ValueError naming the bad value unless 0 < n < m <= MAX_M."""
-    if not (isinstance(n, int) and isinstance(m, int)):
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (n, m)):
         raise ValueError(f"N:M must be integers, got {n!r}:{m!r}")
+    n, m = int(n), int(m)
     if not 2 <= m <= MAX_M:
         raise ValueError(f"M={m} is out of range: use 2 <= M <= {MAX_M} (2:4 is the usual choice)")
     if not 0 < n < m:
@@ -21,7 +23,7 @@ def validate_nm(n: int, m: int) -> None:
 def num_candidates(n: int, m: int) -> int:
     """C(M, N), the number of candidate masks per group."""
     validate_nm(n, m)
-    return comb(m, n)
+    return comb(int(m), int(n))
 
 
 @lru_cache(maxsize=None)
@@ -35,7 +37,7 @@ def nm_candidates(n: int, m: int, *, dtype=torch.float32, device=None) -> torch.
     For 2:4 the rows are 1100 1010 1001 0110 0101 0011 (kept (0,1) (0,2) ... (2,3)).
     """
     validate_nm(n, m)
-    return torch.tensor(_candidate_rows(n, m), dtype=dtype, device=device)
+    return torch.tensor(_candidate_rows(int(n), int(m)), dtype=dtype, device=device)
 
 
 def parse_nm(pattern: str) -> tuple:

@@ -1,4 +1,5 @@
 """MaskConfig: the one source of truth for what a masked layer does."""
+import math
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -33,17 +34,22 @@ class MaskConfig:
     def __post_init__(self):
         validate_nm(self.n, self.m)
         for name in ("temperature", "logit_scale", "reg_weight"):
-            value = tuple(getattr(self, name))
-            if len(value) != 2:
-                raise ValueError(f"{name} must be a (start, end) pair, got {value!r}")
-            setattr(self, name, (float(value[0]), float(value[1])))
+            value = getattr(self, name)
+            try:
+                start, end = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a (start, end) pair of numbers, got {value!r}") from None
+            if not (math.isfinite(start) and math.isfinite(end)):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+            setattr(self, name, (start, end))
         if min(self.temperature) <= 0:
             raise ValueError(f"temperature must stay > 0, got {self.temperature}")
         if min(self.logit_scale) <= 0:
             raise ValueError(f"logit_scale must stay > 0, got {self.logit_scale}")
         if min(self.reg_weight) < 0:
             raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
-        if self.prior_strength < 0 or self.init_std < 0:
+        if not (math.isfinite(self.prior_strength) and math.isfinite(self.init_std)) or \
+                self.prior_strength < 0 or self.init_std < 0:
             raise ValueError(
                 f"prior_strength ({self.prior_strength}) and init_std ({self.init_std}) must be >= 0"
             )

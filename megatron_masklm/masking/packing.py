@@ -2,6 +2,7 @@
 import os
 import tempfile
 import zipfile
+import zlib
 from typing import Dict, Tuple
 
 import numpy as np
@@ -13,7 +14,7 @@ MASK_SUFFIX = ".mask"
 def pack_mask(mask) -> np.ndarray:
     """np.packbits of the flattened boolean keep-mask (numpy's default big-endian bit order)."""
     if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
+        mask = mask.detach().cpu().bool().numpy()
     return np.packbits(np.asarray(mask).astype(bool).reshape(-1))
 
 
@@ -38,6 +39,7 @@ def save_masks_npz(path: str, masks: Dict[str, torch.Tensor]) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez_compressed(handle, **entries)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; a mask file is shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -45,19 +47,28 @@ def save_masks_npz(path: str, masks: Dict[str, torch.Tensor]) -> None:
         raise
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def load_masks_npz(path: str, shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, torch.Tensor]:
-    """Read the masks named in ``shapes`` from a mask .npz; missing or extra entries raise."""
+    """Read the masks named in ``shapes`` from a mask .npz; missing or extra entries raise.
+
+    Any unreadable file (empty, truncated, corrupt member) is a ValueError naming the path.
+    """
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        with np.load(path, allow_pickle=False) as archive:
+            packed = {key[: -len(MASK_SUFFIX)]: archive[key]
+                      for key in archive.files if key.endswith(MASK_SUFFIX)}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
         raise ValueError(f"cannot read mask file {path!r}: {error}") from error
-    with archive:
-        names = {key[: -len(MASK_SUFFIX)] for key in archive.files if key.endswith(MASK_SUFFIX)}
-        missing = sorted(set(shapes) - names)
-        extra = sorted(names - set(shapes))
-        if missing or extra:
-            raise ValueError(
-                f"mask file {path!r} does not match the model: missing {missing[:5]} "
-                f"({len(missing)} in all), unexpected {extra[:5]} ({len(extra)} in all)"
-            )
-        return {name: unpack_mask(archive[name + MASK_SUFFIX], shape) for name, shape in shapes.items()}
+    missing = sorted(set(shapes) - set(packed))
+    extra = sorted(set(packed) - set(shapes))
+    if missing or extra:
+        raise ValueError(
+            f"mask file {path!r} does not match the model: missing {missing[:5]} "
+            f"({len(missing)} in all), unexpected {extra[:5]} ({len(extra)} in all)"
+        )
+    return {name: unpack_mask(packed[name], shape) for name, shape in shapes.items()}

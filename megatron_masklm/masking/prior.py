@@ -42,11 +42,13 @@ def apply_prior_(
     ``logits_std`` is the std of the whole layer's logits before the update; pass it when the
     tensor is a tensor-parallel shard, so every shard uses the unsharded layer's value.
     """
-    expected = (prior_mask_RI.shape[0], prior_mask_RI.shape[1] // candidates_CM.shape[1])
-    if tuple(logits_RGC.shape[:2]) != expected:
+    num_c, m = candidates_CM.shape
+    groups = check_group_shape(prior_mask_RI.shape, m, what="prior mask")
+    expected = (prior_mask_RI.shape[0], groups, num_c)
+    if tuple(logits_RGC.shape) != expected:
         raise ValueError(
             f"prior mask of shape {tuple(prior_mask_RI.shape)} does not match logits of shape "
-            f"{tuple(logits_RGC.shape)}: expected logits [{expected[0]}, {expected[1]}, C]"
+            f"{tuple(logits_RGC.shape)}: expected logits {expected} [rows, in/M, C(M,N)]"
         )
     if logits_std is None:
         logits_std = logits_RGC.float().std().item()

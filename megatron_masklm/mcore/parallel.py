@@ -33,14 +33,15 @@ def initialize_distributed(
     if not dist.is_initialized():
         rank = int(os.environ.get("RANK", "0"))
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if init_method is None and "MASTER_ADDR" not in os.environ:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29500")
+        store = None
+        if init_method is None and world_size == 1 and "MASTER_ADDR" not in os.environ:
+            store = dist.HashStore()  # a plain `python` run: a world of one, no port needed
         if not on_cpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(
             backend="gloo" if on_cpu else "nccl",
             init_method=init_method,
+            store=store,
             rank=rank,
             world_size=world_size,
             timeout=datetime.timedelta(minutes=timeout_minutes),

@@ -74,3 +74,10 @@ def test_parse_nm_rejects_malformed(pattern):
 def test_parse_nm_rejects_out_of_range(pattern, needle):
     with pytest.raises(ValueError, match=needle):
         parse_nm(pattern)
+
+
+def test_numpy_integers_are_accepted_and_bools_are_not():
+    np = pytest.importorskip("numpy")
+    assert nm_candidates(np.int64(2), np.int32(4)).shape == (6, 4)
+    with pytest.raises(ValueError, match="integers"):
+        nm_candidates(True, 4)

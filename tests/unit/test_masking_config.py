@@ -133,3 +133,14 @@ def test_check_group_shape_counts_groups():
     assert check_group_shape(torch.Size([3, 24]), 8) == 3
     with pytest.raises(ValueError, match="prior mask input dimension 6"):
         check_group_shape((1, 6), 4, what="prior mask")
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(temperature=4.0), "temperature must be a \\(start, end\\) pair"),
+    (dict(logit_scale=(100.0,)), "logit_scale must be a \\(start, end\\) pair"),
+    (dict(temperature=(float("nan"), 0.05)), "temperature must be finite"),
+    (dict(prior_strength=float("inf")), "prior_strength"),
+])
+def test_malformed_schedules_raise_value_error(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        MaskConfig(**kwargs)
