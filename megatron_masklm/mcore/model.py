@@ -130,7 +130,17 @@ def build_masked_gpt_model(
         rotary_base=shape.rotary_base,
     )
     apply_mask_training_freeze(model, train_weights=mask_config.train_weights)
+    if not mask_config.train_weights and config.recompute_granularity == "full" and pre_process:
+        # Reentrant checkpointing only back-propagates into blocks whose *inputs* need grad; with
+        # a frozen embedding nothing would reach the logits. Mark the embedding output instead.
+        model.embedding.register_forward_hook(_require_grad_on_output)
     return model
+
+
+def _require_grad_on_output(module, inputs, output):
+    if torch.is_grad_enabled() and not output.requires_grad:
+        output.requires_grad_(True)
+    return output
 
 
 def masked_linears(model: torch.nn.Module) -> Iterator[Tuple[str, MaskedLinearMixin]]:

@@ -2,7 +2,8 @@
 
 TE modules take no weight argument; their forward reads ``self.weight`` (via getattr), so the
 masked weight is put in the module's parameter slot for the duration of the call and the real
-parameter is restored afterwards. TE then runs its own fused GEMMs, sequence parallelism and
+parameter is restored afterwards (the fp32 logits are hidden meanwhile: TE requires one dtype
+for all of a module's parameters). TE then runs its own fused GEMMs, sequence parallelism and
 comm overlap on W * M~. FP8 weight caching, delayed wgrad and fused wgrad accumulation would
 bypass autograd (and the logits), so they are refused or switched off here.
 """
@@ -30,12 +31,16 @@ if compat.HAVE_TE:
             self.fuse_wgrad_accumulation = False
 
         def forward(self, x, *args, **kwargs):
-            weight = self._parameters["weight"]
-            self._parameters["weight"] = self.masked_weight(weight)
+            params = self._parameters
+            weight, logits = params["weight"], params["mask_logits"]
+            params["weight"] = self.masked_weight(weight)
+            # TE asserts that all its parameters share the activation dtype; the fp32 logits are
+            # already in the autograd graph of the masked weight, so hide them for the call.
+            del params["mask_logits"]
             try:
                 return super().forward(x, *args, **kwargs)
             finally:
-                self._parameters["weight"] = weight
+                params["weight"], params["mask_logits"] = weight, logits
 
     class MaskedTELayerNormColumnParallelLinear(_MaskedTEMixin, TELayerNormColumnParallelLinear):
         """TE fused layernorm + column-parallel linear with N:M mask logits on rows (dim 0)."""

@@ -66,19 +66,21 @@ def test_masked_forward_never_syncs_the_host(mcore):
     from megatron_masklm.mcore import ModelShape, build_masked_gpt_model, build_transformer_config
 
     shape = ModelShape(**SHAPE)
-    model = build_masked_gpt_model(shape, MaskConfig(),
+    model = build_masked_gpt_model(shape, MaskConfig(), use_te=False,
                                    config=build_transformer_config(shape, bf16=True)).cuda()
     layers = [layer for layer in model.modules() if hasattr(layer, "mask_logits")]
     x = torch.randn(16, 2, 128, device="cuda", dtype=torch.bfloat16)
     layer = model.decoder.layers[0].mlp.linear_fc1
-    layer.train()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(2):
+    for training in (True, False):
+        layer.train(training)
+        layer(x)  # warm-up: allocator and cuBLAS set-up may sync once
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
             out = layer(x)[0]
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+            layer.masked_weight()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     assert out.dtype == torch.bfloat16 and all(l.mask_logits.dtype == torch.float32 for l in layers)
 
 

@@ -203,3 +203,21 @@ def test_cpu_backend_reports_active_without_cuda():
     from megatron_masklm.mcore import enable_cpu_backend
 
     assert enable_cpu_backend() is (not torch.cuda.is_available())
+
+
+def test_activation_recompute_redraws_the_same_noise(mcore):
+    """Full recompute re-runs the forward in backward; the Gumbel noise must come back identical
+    (it is drawn from Megatron's RNG tracker, which checkpointing restores)."""
+    grads = []
+    for recompute in ({}, dict(recompute_granularity="full", recompute_method="uniform",
+                               recompute_num_layers=1)):
+        shape = mcore.ModelShape(**SHAPE)
+        torch.manual_seed(0)
+        model = mcore.build_masked_gpt_model(
+            shape, MaskConfig(), config=mcore.build_transformer_config(shape, **recompute))
+        model.train()
+        mcore.seed_mask_noise(5, iteration=2)
+        tokens = torch.arange(16).remainder(64).view(2, 8)
+        model(tokens, torch.arange(8).expand(2, 8), None, labels=tokens).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
