@@ -16,3 +16,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+TINY_LLAMA = dict(num_layers=2, hidden_size=32, ffn_hidden_size=48, num_attention_heads=4,
+                  num_query_groups=2, vocab_size=64, max_position_embeddings=32)
+"""A LLaMA-style shape (GQA, SwiGLU) small enough for single-process tests."""
+
+
+@pytest.fixture(scope="module")
+def mcore(tmp_path_factory):
+    """megatron_masklm.mcore with a world of one initialised (gloo on CPU, NCCL on GPU)."""
+    from megatron_masklm import mcore as mcore_package
+
+    store = tmp_path_factory.mktemp("pg") / "store"
+    mcore_package.initialize_distributed(init_method=f"file://{store}", seed=3)
+    yield mcore_package
+    mcore_package.destroy_distributed()

@@ -3,19 +3,9 @@ and the masked forward never syncs the host. Skipped without CUDA (conftest) or 
 import pytest
 import torch
 
+from conftest import TINY_LLAMA as SHAPE
+
 pytestmark = pytest.mark.gpu
-
-SHAPE = dict(num_layers=2, hidden_size=128, ffn_hidden_size=256, num_attention_heads=4,
-             num_query_groups=2, vocab_size=256, max_position_embeddings=64)
-
-
-@pytest.fixture(scope="module")
-def mcore(tmp_path_factory):
-    from megatron_masklm import mcore
-
-    mcore.initialize_distributed(init_method=f"file://{tmp_path_factory.mktemp('pg')}/store", seed=3)
-    yield mcore
-    mcore.destroy_distributed()
 
 
 def _te_pair(mcore, kind):
@@ -69,7 +59,7 @@ def test_masked_forward_never_syncs_the_host(mcore):
     model = build_masked_gpt_model(shape, MaskConfig(), use_te=False,
                                    config=build_transformer_config(shape, bf16=True)).cuda()
     layers = [layer for layer in model.modules() if hasattr(layer, "mask_logits")]
-    x = torch.randn(16, 2, 128, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(16, 2, SHAPE["hidden_size"], device="cuda", dtype=torch.bfloat16)
     layer = model.decoder.layers[0].mlp.linear_fc1
     for training in (True, False):
         layer.train(training)
@@ -94,7 +84,7 @@ def test_te_spec_model_trains_logits_in_bf16(mcore):
     shape = ModelShape(**SHAPE)
     model = build_masked_gpt_model(shape, MaskConfig(), config=build_transformer_config(shape, bf16=True),
                                    use_te=True).cuda()
-    tokens = torch.randint(0, 256, (2, 32), device="cuda")
+    tokens = torch.randint(0, SHAPE["vocab_size"], (2, 32), device="cuda")
     positions = torch.arange(32, device="cuda").expand(2, 32)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
     losses = []

@@ -7,17 +7,7 @@ import torch
 
 from megatron_masklm.masking import MaskConfig, MaskState, hard_mask, is_exact_nm, nm_candidates
 
-SHAPE = dict(num_layers=2, hidden_size=32, ffn_hidden_size=48, num_attention_heads=4,
-             num_query_groups=2, vocab_size=64, max_position_embeddings=32)
-
-
-@pytest.fixture(scope="module")
-def mcore(tmp_path_factory):
-    from megatron_masklm import mcore
-
-    mcore.initialize_distributed(init_method=f"file://{tmp_path_factory.mktemp('pg')}/store", seed=3)
-    yield mcore
-    mcore.destroy_distributed()
+from conftest import TINY_LLAMA as SHAPE
 
 
 def _config(**kwargs):
