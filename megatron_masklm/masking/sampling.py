@@ -84,7 +84,8 @@ class _MaskedWeight(torch.autograd.Function):
     def forward(ctx, weight, logits, noise, candidates, temperature, logit_scale, hard, reg_weight):
         scores = _scores(logits, logit_scale, noise)
         probs = torch.softmax(scores / temperature, dim=-1)
-        index = scores.argmax(-1) if hard else None
+        # without noise the pick is exactly argmax(logits): scaling could merge near-ties
+        index = (logits if noise is None else scores).argmax(-1) if hard else None
         mask = _mask_from(probs, index, candidates, weight.shape)
         ctx.save_for_backward(weight, probs, candidates, index)
         ctx.scale = logit_scale / temperature

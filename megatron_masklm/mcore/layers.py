@@ -145,6 +145,8 @@ class MaskedLinearMixin:
         return result
 
     def _forward_impl(self, input, weight, *args, **kwargs):
+        if "gradient_accumulation_fusion" in kwargs:  # see _init_mask: the wgrad feeds the logits
+            kwargs["gradient_accumulation_fusion"] = False
         return super()._forward_impl(input, self.masked_weight(weight), *args, **kwargs)
 
     def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
