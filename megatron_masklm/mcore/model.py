@@ -129,12 +129,29 @@ def build_masked_gpt_model(
         position_embedding_type="rope" if shape.family == "llama" else "learned_absolute",
         rotary_base=shape.rotary_base,
     )
+    _check_every_block_linear_is_masked(model)
     apply_mask_training_freeze(model, train_weights=mask_config.train_weights)
     if not mask_config.train_weights and config.recompute_granularity == "full" and pre_process:
         # Reentrant checkpointing only back-propagates into blocks whose *inputs* need grad; with
         # a frozen embedding nothing would reach the logits. Mark the embedding output instead.
         model.embedding.register_forward_hook(_require_grad_on_output)
     return model
+
+
+def _check_every_block_linear_is_masked(model: torch.nn.Module) -> None:
+    """Fail loudly if a spec layout this code does not know left a block linear dense."""
+    from .spec import MASKED_LINEAR_CLASSES
+
+    dense_types = tuple(MASKED_LINEAR_CLASSES)
+    decoder = getattr(model, "decoder", model)
+    dense = [name for name, module in decoder.named_modules()
+             if isinstance(module, dense_types) and not isinstance(module, MaskedLinearMixin)]
+    if dense:
+        raise RuntimeError(
+            f"these transformer-block linears were left unmasked: {dense[:4]} ({len(dense)} in "
+            "all); this megatron-core release lays out its layer spec in a way "
+            "megatron_masklm.mcore.spec.apply_masking_to_spec does not know yet"
+        )
 
 
 def _require_grad_on_output(module, inputs, output):

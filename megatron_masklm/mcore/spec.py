@@ -1,5 +1,6 @@
 """Turn a Megatron-Core GPT layer spec into a masked one by swapping layer classes."""
 import dataclasses
+import functools
 
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.mlp import MLP
@@ -42,6 +43,11 @@ def apply_masking_to_spec(spec: ModuleSpec, mask_config: MaskConfig) -> ModuleSp
                                            submodules=node.submodules, metainfo=node.metainfo)
             is_mlp = isinstance(node.module, type) and issubclass(node.module, MLP)
             return dataclasses.replace(node, submodules=convert(node.submodules, fc1=is_mlp))
+        if isinstance(node, functools.partial):  # 0.19+: mlp=partial(MLP.as_mlp_submodule, ...)
+            owner = getattr(node.func, "__self__", node.func)
+            is_mlp = isinstance(owner, type) and issubclass(owner, MLP)
+            return functools.partial(node.func, *(convert(a) for a in node.args),
+                                     **{k: convert(v, fc1=is_mlp) for k, v in node.keywords.items()})
         if dataclasses.is_dataclass(node) and not isinstance(node, type):
             changes = {f.name: convert(getattr(node, f.name), fc1=fc1 and f.name == "linear_fc1")
                        for f in dataclasses.fields(node)}

@@ -211,3 +211,37 @@ def test_activation_recompute_redraws_the_same_noise(mcore):
         model(tokens, torch.arange(8).expand(2, 8), None, labels=tokens).mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+def test_spec_transform_reaches_partial_mlp_specs_and_refuses_dense_leftovers(mcore):
+    """0.19+ writes the MLP as functools.partial(MLP.as_mlp_submodule, submodules=...)."""
+    import functools
+
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+    from megatron.core.transformer.mlp import MLP, MLPSubmodules
+    from megatron.core.transformer.spec_utils import ModuleSpec
+    from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+    class PartialMLP(MLP):
+        @classmethod
+        def as_submodule(cls, **kwargs):
+            return cls(**kwargs)
+
+    spec = ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(
+        mlp=functools.partial(PartialMLP.as_submodule, submodules=MLPSubmodules(
+            linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear))))
+    masked = mcore.apply_masking_to_spec(spec, MaskConfig()).submodules.mlp
+    fc1, fc2 = masked.keywords["submodules"].linear_fc1, masked.keywords["submodules"].linear_fc2
+    assert fc1.module is mcore.MaskedColumnParallelLinear and fc1.params["glu_fc1"] is True
+    assert fc2.module is mcore.MaskedRowParallelLinear and "glu_fc1" not in fc2.params
+    assert masked.func == PartialMLP.as_submodule
+
+    from megatron.core.models.gpt import GPTModel
+    from megatron_masklm.mcore import compat, model as model_module
+
+    shape = mcore.ModelShape(**SHAPE)
+    dense = GPTModel(config=mcore.build_transformer_config(shape),
+                     transformer_layer_spec=compat.gpt_layer_spec(use_te=False, normalization="RMSNorm"),
+                     vocab_size=64, max_sequence_length=32)
+    with pytest.raises(RuntimeError, match="left unmasked: .*linear_proj"):
+        model_module._check_every_block_linear_is_masked(dense)
