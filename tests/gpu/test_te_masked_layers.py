@@ -49,6 +49,7 @@ def test_te_masked_linear_matches_local(mcore, kind, training):
     torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(outputs[0][1], outputs[1][1], rtol=5e-2, atol=5e-2 * outputs[1][1].abs().max().item())
     assert isinstance(te._parameters["weight"], torch.nn.Parameter)  # the real weight is back
+    assert te._parameters["mask_logits"] is te.mask_logits and te.mask_logits.grad is not None
 
 
 def test_masked_forward_never_syncs_the_host(mcore):
