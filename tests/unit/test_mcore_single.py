@@ -245,3 +245,14 @@ def test_spec_transform_reaches_partial_mlp_specs_and_refuses_dense_leftovers(mc
                      vocab_size=64, max_sequence_length=32)
     with pytest.raises(RuntimeError, match="left unmasked: .*linear_proj"):
         model_module._check_every_block_linear_is_masked(dense)
+
+
+def test_tied_embeddings_model_shares_and_freezes_the_embedding(mcore):
+    model = _model(mcore, tied_embeddings=True)
+    assert model.share_embeddings_and_output_weights
+    shared = model.shared_embedding_or_output_weight()
+    assert shared is model.embedding.word_embeddings.weight and not shared.requires_grad
+    tokens = torch.randint(0, 64, (2, 8))
+    model(tokens, torch.arange(8).expand(2, 8), None, labels=tokens).mean().backward()
+    assert shared.grad is None
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.endswith("mask_logits"))
