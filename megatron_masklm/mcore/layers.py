@@ -67,9 +67,6 @@ class MaskedLinearMixin:
         for param in (self.weight, getattr(self, "bias", None)):
             if isinstance(param, torch.nn.Parameter):
                 param.requires_grad_(mask_config.train_weights)
-        # Megatron's fused wgrad writes into weight.main_grad and returns no gradient; the
-        # masked weight's gradient must flow back through autograd to reach the logits.
-        self.gradient_accumulation_fusion = False
 
     @torch.no_grad()
     def _init_logits(self, logits: torch.Tensor, std: float) -> None:
@@ -145,7 +142,9 @@ class MaskedLinearMixin:
         return result
 
     def _forward_impl(self, input, weight, *args, **kwargs):
-        if "gradient_accumulation_fusion" in kwargs:  # see _init_mask: the wgrad feeds the logits
+        # Megatron's fused wgrad writes into weight.main_grad and returns no gradient; the
+        # masked weight's gradient must flow back through autograd to reach the logits.
+        if "gradient_accumulation_fusion" in kwargs:
             kwargs["gradient_accumulation_fusion"] = False
         return super()._forward_impl(input, self.masked_weight(weight), *args, **kwargs)
 

@@ -10,7 +10,7 @@ from megatron.core.transformer import TransformerConfig
 from ..masking import MaskConfig, MaskState, apply_prior_, is_exact_nm
 from . import compat
 from .layers import MaskedLinearMixin
-from .spec import get_masked_gpt_layer_spec
+from .spec import MASKED_LINEAR_CLASSES, get_masked_gpt_layer_spec
 
 FAMILIES = ("llama", "gpt")
 
@@ -140,8 +140,6 @@ def build_masked_gpt_model(
 
 def _check_every_block_linear_is_masked(model: torch.nn.Module) -> None:
     """Fail loudly if a spec layout this code does not know left a block linear dense."""
-    from .spec import MASKED_LINEAR_CLASSES
-
     dense_types = tuple(MASKED_LINEAR_CLASSES)
     decoder = getattr(model, "decoder", model)
     dense = [name for name, module in decoder.named_modules()
