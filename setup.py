@@ -23,10 +23,14 @@ setup(
         "packaging>=24.2",
         "psutil",  # megatron's dist_checkpointing save needs it at run time
         "sentencepiece",
+        "tokenizers",  # Hugging Face tokenizer.json files (LLaMA-3, SmolLM2) without transformers
+        "pyyaml",  # --config files for training
+        "tqdm",  # progress bars in the tools
     ],
     extras_require={
         "hf": ["transformers", "safetensors", "gguf", "accelerate"],
-        "test": ["pytest>=8", "pytest-timeout"],
+        "plot": ["matplotlib"],
+        "test": ["pytest>=8", "pytest-timeout", "matplotlib"],
     },
     license="Apache-2.0",
 )
