@@ -3,7 +3,7 @@ import os
 import tempfile
 import zipfile
 import zlib
-from typing import Dict, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -53,10 +53,13 @@ def _umask() -> int:
     return current
 
 
-def load_masks_npz(path: str, shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, torch.Tensor]:
+def load_masks_npz(path: str, shapes: Dict[str, Tuple[int, ...]], *,
+                   only: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
     """Read the masks named in ``shapes`` from a mask .npz; missing or extra entries raise.
 
-    Any unreadable file (empty, truncated, corrupt member) is a ValueError naming the path.
+    The whole file is checked against ``shapes``; with ``only``, just those names are unpacked
+    (a pipeline stage needs its own layers). Any unreadable file (empty, truncated, corrupt
+    member) is a ValueError naming the path.
     """
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -71,4 +74,10 @@ def load_masks_npz(path: str, shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, t
             f"mask file {path!r} does not match the model: missing {missing[:5]} "
             f"({len(missing)} in all), unexpected {extra[:5]} ({len(extra)} in all)"
         )
-    return {name: unpack_mask(packed[name], shape) for name, shape in shapes.items()}
+    for name, shape in shapes.items():
+        needed = (int(np.prod(shape)) + 7) // 8
+        if packed[name].size != needed:
+            raise ValueError(f"mask file {path!r}: entry {name!r} has {packed[name].size} bytes but "
+                             f"shape {tuple(shape)} needs {needed}: the mask file does not belong to this weight")
+    names = shapes if only is None else list(only)
+    return {name: unpack_mask(packed[name], shapes[name]) for name in names}

@@ -188,3 +188,15 @@ def test_saved_file_follows_the_umask_not_owner_only(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_only_unpacks_the_named_masks_but_checks_the_whole_file(tmp_path):
+    masks = make_masks()
+    path = tmp_path / "masks.npz"
+    save_masks_npz(str(path), masks)
+    shapes = shapes_of(masks)
+    got = load_masks_npz(str(path), shapes, only=[NAMES[1]])
+    assert list(got) == [NAMES[1]] and torch.equal(got[NAMES[1]], masks[NAMES[1]].bool())
+    shapes[NAMES[0]] = (16, 12)  # a stage that does not load NAMES[0] still sees it is wrong
+    with pytest.raises(ValueError, match="does not belong"):
+        load_masks_npz(str(path), shapes, only=[NAMES[1]])

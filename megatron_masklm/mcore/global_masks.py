@@ -1,0 +1,88 @@
+"""Whole-model (unsharded) keep-masks named by global Megatron parameter names.
+
+A mask file (a one-shot prior, an exported mask) holds one entry per masked weight, named
+``decoder.layers.<global layer>.<path>.weight`` and shaped like the *unsharded* weight, with a
+GLU fc1 laid out as [gate; up] (Megatron's checkpoint layout). These helpers map between that
+and this rank's shards, at any TP/PP size.
+"""
+import re
+from typing import Dict, Optional, Tuple
+
+import torch
+from megatron.core.transformer.transformer_layer import TransformerLayer
+
+from ..masking import load_masks_npz
+from . import compat
+from .layers import MaskedLinearMixin
+from .model import masked_linears
+
+_LAYER_INDEX = re.compile(r"^(.*?layers\.)(\d+)(\..*)$")
+
+
+def _split(layer: MaskedLinearMixin) -> Tuple[int, int, int, int]:
+    """(axis, stride, TP world, TP rank) of how ``layer``'s weight is sharded."""
+    group = compat.layer_tp_group(layer)
+    stride = 2 if getattr(layer, "glu_fc1", False) and layer.config.gated_linear_unit else 1
+    return layer.logits_tp_axis, stride, group.size(), group.rank()
+
+
+def global_weight_shape(layer: MaskedLinearMixin) -> Tuple[int, ...]:
+    """Shape of the unsharded weight of a (possibly TP-sharded) masked linear."""
+    axis, _, world, _ = _split(layer)
+    shape = list(layer.weight.shape)
+    shape[axis] *= world
+    return tuple(shape)
+
+
+def shard_global_mask(mask: torch.Tensor, layer: MaskedLinearMixin) -> torch.Tensor:
+    """This rank's slice of an unsharded mask, laid out like ``layer``'s weight shard."""
+    axis, stride, world, rank = _split(layer)
+    expected = global_weight_shape(layer)
+    if tuple(mask.shape) != expected:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit a weight of global "
+                         f"shape {expected}")
+    pieces = mask.chunk(world * stride, dim=axis)
+    return torch.cat(pieces[rank::world], dim=axis)
+
+
+def global_layer_names(model: torch.nn.Module) -> Dict[str, str]:
+    """Masked layer module name -> its global name (pipeline stages renumber their layers)."""
+    numbers = {name: module.layer_number - 1 for name, module in model.named_modules()
+               if isinstance(module, TransformerLayer)}
+    names = {}
+    for name, _ in masked_linears(model):
+        match = _LAYER_INDEX.match(name)
+        owner = next((prefix for prefix in numbers if name.startswith(prefix + ".")), None)
+        if match is None or owner is None:
+            names[name] = name
+        else:
+            names[name] = f"{match.group(1)}{numbers[owner]}{match.group(3)}"
+    return names
+
+
+def _all_global_shapes(model: torch.nn.Module, num_layers: int) -> Dict[str, Tuple[int, ...]]:
+    """Global weight name -> unsharded shape for every masked weight of every layer."""
+    shapes = {}
+    for name, layer in masked_linears(model):
+        match = _LAYER_INDEX.match(name)
+        if match is None:
+            shapes[f"{name}.weight"] = global_weight_shape(layer)
+            continue
+        for index in range(num_layers):
+            shapes[f"{match.group(1)}{index}{match.group(3)}.weight"] = global_weight_shape(layer)
+    return shapes
+
+
+def load_global_masks(path: str, model: torch.nn.Module, *,
+                      num_layers: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Read a whole-model mask file; return this rank's shards keyed by local module name.
+
+    The file must hold exactly the model's masked weights (all layers, unsharded shapes).
+    """
+    num_layers = num_layers or model.config.num_layers
+    shapes = _all_global_shapes(model, num_layers)
+    names = global_layer_names(model)
+    wanted = [f"{names[name]}.weight" for name in names]
+    masks = load_masks_npz(path, shapes, only=wanted)
+    layers = dict(masked_linears(model))
+    return {name: shard_global_mask(masks[f"{names[name]}.weight"], layers[name]) for name in names}
