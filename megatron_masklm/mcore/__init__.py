@@ -16,7 +16,8 @@ from .model import (
     hard_masks,
     masked_linears,
 )
-from .parallel import MASK_NOISE_RNG, destroy_distributed, initialize_distributed, seed_mask_noise
+from .parallel import (MASK_NOISE_RNG, destroy_distributed, initialize_distributed, seed_mask_noise,
+                       set_random_seeds)
 from .spec import apply_masking_to_spec, get_masked_gpt_layer_spec
 
 __all__ = [
@@ -25,5 +26,5 @@ __all__ = [
     "apply_masking_to_spec", "apply_prior_masks", "build_masked_gpt_model",
     "build_transformer_config", "check_nm", "destroy_distributed", "enable_cpu_backend",
     "get_masked_gpt_layer_spec", "hard_masks", "initialize_distributed", "masked_linears",
-    "seed_mask_noise",
+    "seed_mask_noise", "set_random_seeds",
 ]

@@ -93,3 +93,82 @@ def layer_tp_group(layer: torch.nn.Module):
     """The tensor-parallel group a Megatron linear (local or TE) was built with."""
     group = getattr(layer, "tp_group", None) or getattr(layer, "_tp_group", None)
     return group if group is not None else parallel_state.get_tensor_model_parallel_group()
+
+
+def megatron_optimizer(config, model_chunks, *, lr_mult_pattern: Optional[str] = None,
+                       lr_mult: float = 1.0):
+    """get_megatron_optimizer with Megatron's usual weight-decay skips, plus lr x ``lr_mult``
+    (and min_lr x ``lr_mult``) for parameters whose name matches ``lr_mult_pattern``."""
+    from megatron.core.optimizer import (ParamKey, get_megatron_optimizer,
+                                         get_standard_config_overrides)
+
+    overrides = get_standard_config_overrides(config)
+    if lr_mult_pattern and lr_mult != 1.0:
+        overrides[ParamKey(name=lr_mult_pattern)] = {
+            "max_lr": config.lr * lr_mult, "min_lr": config.min_lr * lr_mult}
+    return get_megatron_optimizer(config, model_chunks, config_overrides=overrides)
+
+
+@torch.no_grad()
+def materialize_optimizer_state(optimizer) -> None:
+    """Give every parameter Adam state (step included) before a checkpoint load.
+
+    With torch's Adam (no Transformer Engine / apex, e.g. on CPU) the distributed optimizer's
+    state_dict needs a 'step' that only exists after a first step; this takes one with lr 0
+    and zero gradients, which changes nothing, as Megatron-LM does with dummy values.
+    """
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(chained, "optimizer", None)
+        if inner is None or all(len(inner.state.get(p, {})) > 0
+                                for group in inner.param_groups for p in group["params"]):
+            continue
+        saved = [(group["lr"], group.get("weight_decay")) for group in inner.param_groups]
+        grads = {}
+        for group in inner.param_groups:
+            group["lr"] = 0.0
+            for param in group["params"]:
+                grads[param] = param.grad
+                param.grad = torch.zeros_like(param)
+        inner.step()
+        for group, (lr, _) in zip(inner.param_groups, saved):
+            group["lr"] = lr
+        for param, grad in grads.items():
+            param.grad = grad
+
+
+def allow_torch_adam_reshard_load(optimizer) -> None:
+    """Let the distributed optimizer load a 'fully_reshardable' checkpoint with torch's Adam.
+
+    megatron-core 0.16-0.19 restore torch Adam's 'step' from the param groups but then copy
+    every state key, 'step' included, from a per-parameter dict that has none (KeyError). With
+    Transformer Engine / apex Adam (GPU containers) there is no 'step' state and nothing changes;
+    otherwise this instance's setter skips the one key the checkpoint does not carry per param.
+    """
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        setter = getattr(chained, "_set_main_param_and_optimizer_states", None)
+        if setter is None or getattr(setter, "_masklm_step_fix", False):
+            continue
+
+        def set_states(model_param, tensors, _chained=chained, _setter=setter):
+            group_index, group_order = _chained.model_param_group_index_map[model_param]
+            main_param = _chained.optimizer.param_groups[group_index]["params"][group_order]
+            state = _chained.optimizer.state[main_param]
+            if "step" in state and "step" not in tensors:
+                tensors = {**tensors, "step": state["step"]}  # keep the step restored above
+            return _setter(model_param, tensors)
+
+        set_states._masklm_step_fix = True
+        chained._set_main_param_and_optimizer_states = set_states
+
+
+def load_optimizer_state_dict(optimizer, state_dict) -> None:
+    """optimizer.load_state_dict, then give every parameter its own torch-Adam 'step' tensor:
+    Megatron restores one shared tensor, which torch's Adam would then advance once per
+    parameter, so bias correction would go wrong after a resume."""
+    allow_torch_adam_reshard_load(optimizer)
+    optimizer.load_state_dict(state_dict)
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(chained, "optimizer", None)
+        for state in (inner.state.values() if inner is not None else ()):
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].clone()

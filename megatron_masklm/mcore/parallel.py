@@ -2,8 +2,10 @@
 import datetime
 import hashlib
 import os
+import random
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
@@ -53,12 +55,24 @@ def initialize_distributed(
             f"world size {world_size} is not divisible by TP {tensor_model_parallel_size} x "
             f"PP {pipeline_model_parallel_size}: launch a multiple of {model_parallel} ranks"
         )
+    if parallel_state.model_parallel_is_initialized():  # re-split the same world (tests, tools)
+        parallel_state.destroy_model_parallel()
     compat.initialize_model_parallel(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
         distributed_timeout_minutes=timeout_minutes,
     )
-    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    set_random_seeds(seed)
+
+
+def set_random_seeds(seed: int) -> None:
+    """Seed Python, NumPy, torch and Megatron's model-parallel RNGs (per pipeline stage, as
+    Megatron-LM does), then the Gumbel-noise RNG; building a model after this is reproducible."""
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(stage_seed)
+    np.random.seed(stage_seed % 2**32)
+    torch.manual_seed(stage_seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
     seed_mask_noise(seed, iteration=0)
 
 

@@ -1,0 +1,40 @@
+"""Learn N:M masks: ``torchrun --nproc_per_node N -m megatron_masklm.train [options]``.
+
+``python -m megatron_masklm.train --help`` lists the options (Megatron-LM's flag names); a
+``--config`` YAML file takes the same names as keys.
+"""
+import sys
+import warnings
+from typing import Optional, Sequence
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse, initialise torch.distributed and Megatron, train; 1 on a user error."""
+    warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
+    from .mcore import destroy_distributed, initialize_distributed
+    from .training.arguments import run_config_from_args
+    from .training.loop import train
+
+    try:
+        config = run_config_from_args(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    p = config.parallel
+    initialize_distributed(
+        tensor_model_parallel_size=p.tensor_model_parallel_size,
+        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
+        seed=config.training.seed, timeout_minutes=p.distributed_timeout_minutes,
+        cuda_to_cpu_mode=True)  # only acts without CUDA: Megatron's optimizer hard-codes it
+    try:
+        train(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        destroy_distributed()
+    return 0
+
+
+if __name__ == "__main__":  # required: dist_checkpointing's writer re-imports __main__
+    sys.exit(main())

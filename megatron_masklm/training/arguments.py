@@ -1,0 +1,236 @@
+"""The one bridge from the command line and YAML files to :class:`RunConfig`.
+
+Each dataclass field in :mod:`.config` (and :class:`ModelShape`, :class:`MaskConfig`) becomes a
+flag named after it (Megatron-LM's names, which mostly are the field names) with the field's
+docstring as help. A ``--config`` YAML file uses the same names as keys. Precedence: the
+dataclass defaults < the model shape saved with a checkpoint < the YAML file < the command line.
+"""
+import argparse
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import json
+import os
+import textwrap
+import typing
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..masking import parse_nm
+from .config import SECTION_CLASSES, RunConfig
+
+MODEL_SHAPE_FILE = "model_shape.json"
+"""Written next to a checkpoint's iteration directories: the model's shape, so no shape flags."""
+
+FLAG_OVERRIDES = {
+    "family": "--model-family",
+    "norm_eps": "--norm-epsilon",
+    "init_std": "--mask-init-std",
+    "hard": "--hard-sampling",
+}
+"""Fields whose flag is not simply --field-name (Megatron-LM's name, or one that is unambiguous)."""
+
+CLI_EXCLUDED = {"n", "m"}  # set together by --pattern N:M
+
+KEY_ALIASES = {flag[2:].replace("-", "_"): name for name, flag in FLAG_OVERRIDES.items()}
+"""YAML may name these options by their flag (model_family) or their field (family)."""
+
+
+def _field_docs(cls) -> Dict[str, str]:
+    """Attribute docstrings (the string right after each field) of a dataclass."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):  # pragma: no cover - source unavailable
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def option_fields() -> Dict[str, Tuple[str, dataclasses.Field, Any]]:
+    """Option name -> (section, field, resolved type) for every CLI/YAML option."""
+    options = {}
+    for section, cls in SECTION_CLASSES.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in CLI_EXCLUDED:
+                continue
+            if f.name in options:  # pragma: no cover - guards future edits
+                raise RuntimeError(f"option {f.name!r} is defined in two sections")
+            options[f.name] = (section, f, hints[f.name])
+    return options
+
+
+def _unwrap_optional(tp):
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and type(None) in args:
+        return next(a for a in args if a is not type(None))
+    return tp
+
+
+def _flag(name: str) -> str:
+    return FLAG_OVERRIDES.get(name, "--" + name.replace("_", "-"))
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return f"default: {f.default}"
+    return "required unless saved with the checkpoint"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The training CLI, generated from the config dataclasses."""
+    parser = argparse.ArgumentParser(
+        prog="megatron_masklm.train",
+        description="Learn N:M sparsity masks (MaskLLM) for a Megatron-Core GPT/LLaMA model.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", help="YAML file whose keys are these options' names "
+                        "(e.g. tensor_model_parallel_size: 8); the command line wins over it")
+    groups = {name: parser.add_argument_group(name) for name in SECTION_CLASSES}
+    groups["mask"].add_argument("--pattern", help="N:M sparsity pattern (default: 2:4)")
+    docs = {name: _field_docs(cls) for name, cls in SECTION_CLASSES.items()}
+    for name, (section, f, tp) in option_fields().items():
+        help_text = f"{docs[section].get(name, '')} ({_default_text(f)})".strip()
+        kwargs: Dict[str, Any] = {"dest": name, "help": help_text}
+        base = _unwrap_optional(tp)
+        origin = typing.get_origin(base)
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is tuple:
+            kwargs.update(nargs=2, type=float, metavar=("START", "END"))
+        elif origin in (list, List):
+            kwargs.update(nargs="+", type=str)
+        else:
+            kwargs["type"] = base
+        groups[section].add_argument(_flag(name), **kwargs)
+    return parser
+
+
+def load_yaml_options(path: str) -> Dict[str, Any]:
+    """Options from a YAML file: a flat mapping (sections as nested mappings are flattened)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle) or {}
+    except OSError as error:
+        raise ValueError(f"cannot read --config {path!r}: {error}") from error
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {path!r} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config {path!r} must be a mapping of option: value")
+    flat = {}
+    for key, value in raw.items():
+        if key in SECTION_CLASSES and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    options = {}
+    for key, value in flat.items():
+        key = str(key).replace("-", "_")
+        options[KEY_ALIASES.get(key, key)] = value
+    return options
+
+
+def _check_known(options: Dict[str, Any], where: str) -> None:
+    known = set(option_fields()) | {"pattern"}
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown option {key!r} in {where}{hint}")
+
+
+def read_model_shape(checkpoint_dir: Optional[str]) -> Dict[str, Any]:
+    """The model shape saved next to a checkpoint (empty if there is none)."""
+    if not checkpoint_dir:
+        return {}
+    path = os.path.join(checkpoint_dir, MODEL_SHAPE_FILE)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return dict(json.load(handle))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the model shape {path!r}: {error}") from error
+
+
+def run_config_from_options(options: Dict[str, Any]) -> RunConfig:
+    """A RunConfig from a flat ``{option name: value}`` mapping (YAML and CLI merged)."""
+    _check_known(options, "the options")
+    options = dict(options)
+    pattern = options.pop("pattern", None)
+    sections: Dict[str, Dict[str, Any]] = {name: {} for name in SECTION_CLASSES}
+    if pattern is not None:
+        sections["mask"]["n"], sections["mask"]["m"] = parse_nm(str(pattern))
+    fields = option_fields()
+    ckpt = {name: options.get(name) for name in ("load", "pretrained_checkpoint")}
+    shape = {**read_model_shape(ckpt["pretrained_checkpoint"]), **read_model_shape(ckpt["load"])}
+    for name, value in shape.items():
+        if name in fields and fields[name][0] == "model":
+            sections["model"][name] = value
+    for name, value in options.items():
+        section, _, tp = fields[name]
+        if typing.get_origin(_unwrap_optional(tp)) is tuple and isinstance(value, list):
+            value = tuple(value)
+        if typing.get_origin(_unwrap_optional(tp)) is list and isinstance(value, str):
+            value = value.split()
+        sections[section][name] = value
+    _resolve_tokenizer(sections, ckpt["pretrained_checkpoint"])
+    missing = [f.name for f in dataclasses.fields(SECTION_CLASSES["model"])
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               and f.name not in sections["model"]]
+    if missing:
+        raise ValueError(
+            "the model shape is incomplete: pass " + ", ".join(_flag(n) for n in missing)
+            + f", or point --pretrained-checkpoint/--load at a directory with {MODEL_SHAPE_FILE}")
+    built = {name: cls(**sections[name]) for name, cls in SECTION_CLASSES.items()}
+    return RunConfig(**built)
+
+
+def _resolve_tokenizer(sections: Dict[str, Dict[str, Any]], pretrained: Optional[str]) -> None:
+    """Default to the tokenizer saved with the pretrained checkpoint; derive a missing
+    vocab_size from the tokenizer, padded as Megatron-LM pads it (divisor x TP)."""
+    data, model = sections["data"], sections["model"]
+    if data.get("tokenizer_type") is None and pretrained:
+        directory = os.path.join(pretrained, "tokenizer")
+        for filename, kind in (("tokenizer.json", "HuggingFaceTokenizer"),
+                               ("tokenizer.model", "SentencePieceTokenizer")):
+            if os.path.exists(os.path.join(directory, filename)):
+                data["tokenizer_type"] = kind
+                data.setdefault("tokenizer_model", os.path.join(directory, filename))
+                break
+    if "vocab_size" in model or data.get("tokenizer_type") in (None, "NullTokenizer"):
+        return
+    from ..data import build_tokenizer
+
+    tokenizer = build_tokenizer(data["tokenizer_type"], tokenizer_model=data.get("tokenizer_model"))
+    multiple = (data.get("make_vocab_size_divisible_by", 128)
+                * sections["parallel"].get("tensor_model_parallel_size", 1))
+    model["vocab_size"] = -(-tokenizer.vocab_size // multiple) * multiple
+
+
+def run_config_from_args(argv: Optional[Sequence[str]] = None) -> RunConfig:
+    """Parse the command line (and its --config YAML) into a validated RunConfig."""
+    namespace = vars(build_parser().parse_args(argv))
+    options: Dict[str, Any] = {}
+    config_path = namespace.pop("config", None)
+    if config_path:
+        yaml_options = load_yaml_options(config_path)
+        _check_known(yaml_options, f"--config {config_path!r}")
+        options.update(yaml_options)
+    options.update(namespace)
+    return run_config_from_options(options)
+
+
+@functools.lru_cache(maxsize=None)
+def option_names() -> Tuple[str, ...]:
+    """Every option name accepted on the command line and in YAML files."""
+    return tuple(sorted(set(option_fields()) | {"pattern"}))

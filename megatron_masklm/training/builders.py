@@ -1,0 +1,85 @@
+"""Build what a run trains (model, DDP, optimizer, LR scheduler) and what it reads (data)."""
+import os
+from typing import Optional, Tuple
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,
+                                       finalize_model_grads)
+from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.transformer.module import Float16Module
+
+from ..mcore import build_masked_gpt_model, build_transformer_config, compat
+from .config import RunConfig
+
+
+def build_model_and_optimizer(config: RunConfig):
+    """(DDP-wrapped model, the bare GPTModel, Megatron optimizer, LR scheduler) for this rank."""
+    p, o, t = config.parallel, config.optimizer, config.training
+    recompute = {}
+    if p.recompute_granularity == "full":
+        recompute = dict(recompute_granularity="full", recompute_method="uniform",
+                         recompute_num_layers=1)
+    elif p.recompute_granularity == "selective":
+        recompute = dict(recompute_granularity="selective")
+    dtype = torch.bfloat16 if p.bf16 else torch.float32
+    tconfig = build_transformer_config(
+        config.model, tensor_model_parallel_size=p.tensor_model_parallel_size,
+        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
+        sequence_parallel=p.sequence_parallel, bf16=p.bf16, pipeline_dtype=dtype, **recompute)
+    gpt = build_masked_gpt_model(
+        config.model, config.mask, config=tconfig,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage())
+    module = Float16Module(tconfig, gpt) if p.bf16 else gpt
+    ddp = DistributedDataParallel(tconfig, DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, use_distributed_optimizer=p.use_distributed_optimizer,
+        check_for_nan_in_grad=True), module)
+    tconfig.finalize_model_grads_func = finalize_model_grads
+    tconfig.no_sync_func = ddp.no_sync
+    optimizer = compat.megatron_optimizer(MegatronOptimizerConfig(
+        optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad, bf16=p.bf16, params_dtype=dtype,
+        use_distributed_optimizer=p.use_distributed_optimizer), [ddp],
+        lr_mult_pattern="*mask_logits", lr_mult=o.mask_lr_mult)
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr,
+        lr_warmup_steps=o.lr_warmup_iters, lr_decay_steps=t.train_iters,
+        lr_decay_style=o.lr_decay_style, start_wd=o.weight_decay, end_wd=o.weight_decay,
+        wd_incr_steps=t.train_iters, wd_incr_style="constant")
+    return ddp, gpt, optimizer, scheduler
+
+
+def build_tokenizer_for(config: RunConfig):
+    """The run's tokenizer (NullTokenizer over the model's vocabulary for mock data)."""
+    from ..data import build_tokenizer
+
+    d = config.data
+    if d.tokenizer_type is None:
+        if d.mock_data:
+            return build_tokenizer("NullTokenizer", vocab_size=config.model.vocab_size)
+        raise ValueError("--data-path needs --tokenizer-type (SentencePieceTokenizer, "
+                         "HuggingFaceTokenizer or NullTokenizer) and --tokenizer-model")
+    tokenizer = build_tokenizer(d.tokenizer_type, tokenizer_model=d.tokenizer_model,
+                                vocab_size=config.model.vocab_size)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                         f"vocab_size is {config.model.vocab_size}")
+    return tokenizer
+
+
+def build_data(config: RunConfig) -> Tuple[object, Optional[object]]:
+    """(train, validation) GPT datasets sized for the whole run (validation may be None)."""
+    from ..data import build_gpt_datasets
+
+    t, d, log = config.training, config.data, config.logging
+    num_samples = (t.train_iters * t.global_batch_size, log.eval_iters * t.global_batch_size, 0)
+    train, valid, _ = build_gpt_datasets(
+        data_path=d.data_path, split=d.split, seq_length=t.seq_length, seed=t.seed,
+        tokenizer=build_tokenizer_for(config), num_samples=num_samples,
+        cache_dir=d.data_cache_path and os.path.abspath(d.data_cache_path), mock=d.mock_data)
+    if train is None:
+        raise ValueError(f"split {d.split!r} leaves no training data")
+    return train, valid if log.eval_iters else None

@@ -1,0 +1,275 @@
+"""Distributed checkpoints of a mask-training run: save atomically, resume exactly, start dense.
+
+Layout (Megatron-LM's, so its tools find their way around)::
+
+    <run dir>/latest_checkpointed_iteration.txt    the pointer, switched last
+    <run dir>/model_shape.json                     the model's shape (no shape flags on resume)
+    <run dir>/iter_0000100/                         a megatron.core dist checkpoint
+        masklm_checkpoint.json                     iteration, N:M, scheduler, run config
+
+A save writes ``iter_N.partial`` first, renames it when every rank has finished, and only then
+switches the pointer: a crash at any point leaves the previous checkpoint loadable.
+"""
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from ..mcore import compat
+from ..mcore.model import ModelShape
+from .arguments import MODEL_SHAPE_FILE
+from .config import RunConfig
+
+POINTER_FILE = "latest_checkpointed_iteration.txt"
+META_FILE = "masklm_checkpoint.json"
+FORMAT = "megatron_masklm/1"
+LOGITS_SUFFIX = "mask_logits"
+CKPT_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+"""The distributed optimizer's canonical (per-parameter) layout: reshards across TP, PP and DP."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands: what a resumed run continues from."""
+
+    iteration: int = 0
+    consumed_train_samples: int = 0
+
+
+def iteration_dir(run_dir: str, iteration: int) -> str:
+    return os.path.join(run_dir, f"iter_{iteration:07d}")
+
+
+def latest_checkpoint(run_dir: Optional[str]) -> Optional[str]:
+    """The directory the pointer of ``run_dir`` names, or None when there is no pointer."""
+    if not run_dir:
+        return None
+    pointer = os.path.join(run_dir, POINTER_FILE)
+    if not os.path.exists(pointer):
+        return None
+    with open(pointer, encoding="utf-8") as handle:
+        text = handle.read().strip()
+    if text == "release":
+        return os.path.join(run_dir, "release")
+    try:
+        return iteration_dir(run_dir, int(text))
+    except ValueError:
+        raise ValueError(f"checkpoint pointer {pointer!r} holds {text!r}, not an iteration") from None
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rng_object() -> ShardedObject:
+    """This rank's RNG states, one object per (PP, TP, DP) rank."""
+    state = {
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    ranks = _topology()
+    return ShardedObject("rng_state", state, tuple(size for size, _ in ranks),
+                         tuple(rank for _, rank in ranks), replica_id=0)
+
+
+def _topology():
+    return (
+        (parallel_state.get_pipeline_model_parallel_world_size(),
+         parallel_state.get_pipeline_model_parallel_rank()),
+        (parallel_state.get_tensor_model_parallel_world_size(),
+         parallel_state.get_tensor_model_parallel_rank()),
+        (parallel_state.get_data_parallel_world_size(),
+         parallel_state.get_data_parallel_rank()),
+    )
+
+
+def _restore_rng(state: Dict[str, Any]) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _write_shards(state: Dict[str, Any], directory: str) -> None:
+    """All ranks write their shards (a seam for crash tests)."""
+    dist_checkpointing.save(state, directory)
+
+
+def save_checkpoint(run_dir: str, train_state: TrainState, *, model, optimizer, scheduler,
+                    run_config: RunConfig) -> str:
+    """Save model (weights and logits), optimizer, scheduler, RNG and config; return the dir."""
+    final = iteration_dir(run_dir, train_state.iteration)
+    partial = final + ".partial"
+    if dist.get_rank() == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
+        os.makedirs(partial)
+    dist.barrier()
+    model_state = model.sharded_state_dict(metadata=dict(CKPT_METADATA))
+    state = {
+        "model": model_state,
+        "optimizer": optimizer.sharded_state_dict(model_state, metadata=dict(CKPT_METADATA)),
+        "rng_state": _rng_object(),
+    }
+    _write_shards(state, partial)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        meta = {
+            "format": FORMAT,
+            "iteration": train_state.iteration,
+            "consumed_train_samples": train_state.consumed_train_samples,
+            "pattern": run_config.mask.pattern,
+            "topology": [size for size, _ in _topology()],
+            "scheduler": scheduler.state_dict(),
+            "run_config": run_config.to_dict(),
+        }
+        _atomic_write(os.path.join(partial, META_FILE), json.dumps(meta, indent=1))
+        _atomic_write(os.path.join(run_dir, MODEL_SHAPE_FILE),
+                      json.dumps(_shape_dict(run_config.model), indent=1))
+        if os.path.exists(final):  # re-saving an iteration (e.g. after a resume)
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        _fsync_dir(run_dir)
+        _atomic_write(os.path.join(run_dir, POINTER_FILE), str(train_state.iteration))
+        _fsync_dir(run_dir)
+    dist.barrier()
+    return final
+
+
+def _shape_dict(shape: ModelShape) -> Dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(shape)
+
+
+def read_checkpoint_meta(directory: str) -> Dict[str, Any]:
+    """The masklm metadata of a checkpoint directory; clear errors for anything else."""
+    path = os.path.join(directory, META_FILE)
+    if not os.path.isdir(directory):
+        raise ValueError(f"checkpoint directory {directory!r} does not exist (the pointer file "
+                         "names a checkpoint that is gone)")
+    if not os.path.exists(path):
+        raise ValueError(
+            f"{directory!r} is not a megatron_masklm checkpoint (no {META_FILE}); to learn masks "
+            "for a dense Megatron checkpoint pass it as --pretrained-checkpoint instead of --load")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path!r}: {error}") from error
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path!r} has format {meta.get('format')!r}; this release reads {FORMAT!r}")
+    return meta
+
+
+def _check_compatible(meta: Dict[str, Any], run_config: RunConfig, directory: str) -> None:
+    if meta["pattern"] != run_config.mask.pattern:
+        raise ValueError(
+            f"checkpoint {directory!r} holds {meta['pattern']} mask logits but this run asks for "
+            f"--pattern {run_config.mask.pattern}: resume with --pattern {meta['pattern']}, or "
+            "start a new run directory from --pretrained-checkpoint")
+    saved_shape = meta["run_config"]["model"]
+    current = _shape_dict(run_config.model)
+    diff = {k: (saved_shape.get(k), v) for k, v in current.items() if saved_shape.get(k) != v}
+    if diff:
+        raise ValueError(f"checkpoint {directory!r} was saved for another model shape: "
+                         + ", ".join(f"{k} saved {a} vs now {b}" for k, (a, b) in diff.items()))
+
+
+def _check_tensors_present(state: Dict[str, Any], directory: str, *, what: str) -> None:
+    """Every ShardedTensor the model asks for must be in the checkpoint (else a clear error)."""
+    present = set(dist_checkpointing.load_tensors_metadata(directory))
+    wanted = [sh.key for sh in _sharded_tensors(state)]
+    missing = sorted({key for key in wanted if key not in present})
+    if missing:
+        logits = [key for key in missing if key.endswith(LOGITS_SUFFIX)]
+        detail = (f"it has no mask logits for {len(logits)} of the model's masked weights "
+                  f"(e.g. {logits[0]!r})"
+                  if logits else f"{len(missing)} tensors are missing (e.g. {missing[:3]})")
+        raise ValueError(f"{what} {directory!r} does not match this model: {detail}")
+
+
+def _sharded_tensors(state):
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    for value in nested_values(state):
+        if isinstance(value, ShardedTensor):
+            yield value
+        elif isinstance(value, ShardedTensorFactory):
+            yield value  # its key is the tensor's key; the factory builds the pieces
+
+
+def load_checkpoint(directory: str, *, model, optimizer, scheduler,
+                    run_config: RunConfig) -> TrainState:
+    """Resume from a checkpoint this package saved, at any TP/PP size (RNG only at the same one)."""
+    meta = read_checkpoint_meta(directory)
+    _check_compatible(meta, run_config, directory)
+    model_state = model.sharded_state_dict(metadata=dict(CKPT_METADATA))
+    _check_tensors_present(model_state, directory, what="checkpoint")
+    compat.materialize_optimizer_state(optimizer)
+    state = {"model": model_state, "optimizer": optimizer.sharded_state_dict(
+        model_state, is_loading=True, metadata=dict(CKPT_METADATA))}
+    same_topology = meta["topology"] == [size for size, _ in _topology()]
+    if same_topology:
+        state["rng_state"] = _rng_object()
+    loaded = dist_checkpointing.load(state, directory)
+    model.load_state_dict(loaded["model"], strict=True)
+    compat.load_optimizer_state_dict(optimizer, loaded["optimizer"])
+    scheduler.load_state_dict(meta["scheduler"])
+    if same_topology:
+        _restore_rng(loaded["rng_state"])
+    return TrainState(iteration=meta["iteration"],
+                      consumed_train_samples=meta["consumed_train_samples"])
+
+
+def resolve_dense_checkpoint(path: str) -> str:
+    """A dense checkpoint directory: a dist checkpoint, or a run dir with a pointer file."""
+    if os.path.exists(os.path.join(path, "metadata.json")):
+        return path
+    pointed = latest_checkpoint(path)
+    if pointed and os.path.exists(os.path.join(pointed, "metadata.json")):
+        return pointed
+    raise ValueError(f"--pretrained-checkpoint {path!r} is neither a Megatron dist checkpoint "
+                     f"(no metadata.json) nor a run directory with {POINTER_FILE}")
+
+
+def load_dense_weights(path: str, *, model) -> None:
+    """Load every weight of ``model`` except the mask logits from a dense dist checkpoint."""
+    directory = resolve_dense_checkpoint(path)
+    full = model.sharded_state_dict()
+    state = {key: value for key, value in full.items()
+             if not key.endswith(LOGITS_SUFFIX) and not key.endswith("_extra_state")}
+    _check_tensors_present(state, directory, what="pretrained checkpoint")
+    loaded = dist_checkpointing.load(state, directory)
+    missing, unexpected = model.load_state_dict(loaded, strict=False)
+    not_loaded = [key for key in missing
+                  if not key.endswith(LOGITS_SUFFIX) and not key.endswith("_extra_state")]
+    if not_loaded or unexpected:  # pragma: no cover - the checks above make this unreachable
+        raise RuntimeError(f"dense load left {not_loaded[:3]} unloaded, {unexpected[:3]} unused")

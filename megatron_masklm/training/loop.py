@@ -1,0 +1,293 @@
+"""The mask-training loop on megatron.core's stable parts.
+
+Megatron-Core's DDP and (distributed) optimizer, its pipeline schedules, LR scheduler and dist
+checkpoints; the mask schedules, the per-iteration Gumbel reseeding and the hard-mask
+validation are ours. The same code runs with NCCL on GPUs and with gloo on CPU.
+"""
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from ..masking import MaskState, is_exact_nm, mask_state_at, soft_mask
+from ..mcore import (apply_mask_state, apply_prior_masks, masked_linears, seed_mask_noise,
+                     set_random_seeds)
+from ..mcore.global_masks import load_global_masks
+from . import checkpointing
+from .builders import build_data, build_model_and_optimizer
+from .checkpointing import TrainState
+from .config import RunConfig
+from .monitor import MetricsLogger, peak_memory_bytes, perplexity
+
+
+@dataclass
+class Run:
+    """Everything a training run holds."""
+
+    config: RunConfig
+    ddp: torch.nn.Module
+    gpt: torch.nn.Module
+    optimizer: object
+    scheduler: object
+    train_data: object
+    valid_data: Optional[object]
+    state: TrainState = field(default_factory=TrainState)
+    mask_choices: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def data_parallel_size() -> int:
+    return parallel_state.get_data_parallel_world_size()
+
+
+def num_microbatches(config: RunConfig) -> int:
+    """Micro-batches per DP rank per step; the global batch must split evenly."""
+    t = config.training
+    per_step = t.micro_batch_size * data_parallel_size()
+    if t.global_batch_size % per_step:
+        raise ValueError(
+            f"global_batch_size {t.global_batch_size} is not divisible by micro_batch_size "
+            f"{t.micro_batch_size} x data-parallel size {data_parallel_size()}")
+    return t.global_batch_size // per_step
+
+
+def microbatches(dataset, *, first_sample: int, config: RunConfig) -> List[Dict[str, torch.Tensor]]:
+    """This DP rank's micro-batches of the global batch that starts at ``first_sample``.
+
+    Sample order depends only on the sample index, so a resumed run reads exactly what an
+    uninterrupted one would.
+    """
+    t = config.training
+    dp_rank, dp = parallel_state.get_data_parallel_rank(), data_parallel_size()
+    batches = []
+    for j in range(num_microbatches(config)):
+        start = first_sample + (j * dp + dp_rank) * t.micro_batch_size
+        samples = [dataset[(start + i) % len(dataset)] for i in range(t.micro_batch_size)]
+        batches.append({key: torch.stack([torch.as_tensor(s[key]) for s in samples])
+                        for key in ("tokens", "labels", "loss_mask", "position_ids")})
+    return batches
+
+
+def _forward_step(data_iterator: Iterator, model):
+    batch = next(data_iterator)
+    device = next(model.parameters()).device
+    tokens, labels, loss_mask, positions = (batch[k].to(device) for k in
+                                            ("tokens", "labels", "loss_mask", "position_ids"))
+    output = model(tokens, positions, None, labels=labels)
+
+    def loss_func(output_tensor):
+        mask = loss_mask.reshape(-1).float()
+        loss = (output_tensor.float().reshape(-1) * mask).sum() / mask.sum().clamp(min=1.0)
+        return loss, {"lm loss": loss.detach().clone()}
+
+    return output, loss_func
+
+
+def _run_batches(run: Run, batches, *, forward_only: bool) -> float:
+    """Forward (+backward) over micro-batches; the DP-mean LM loss, known on every rank."""
+    t = run.config.training
+    losses = get_forward_backward_func()(
+        forward_step_func=_forward_step, data_iterator=iter(batches), model=[run.ddp],
+        num_microbatches=len(batches), seq_length=t.seq_length,
+        micro_batch_size=t.micro_batch_size, forward_only=forward_only)
+    device = next(run.gpt.parameters()).device
+    value = torch.zeros(1, dtype=torch.float64, device=device)
+    if parallel_state.is_pipeline_last_stage():
+        value += torch.stack([d["lm loss"] for d in losses]).double().mean()
+        dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
+        value /= data_parallel_size()
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        dist.broadcast(value, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                       group=parallel_state.get_pipeline_model_parallel_group())
+    return value.item()
+
+
+def prepare_iteration(run: Run, iteration: int) -> MaskState:
+    """Set this iteration's mask schedules and reseed the Gumbel noise from (seed, iteration).
+
+    The regulariser weight is split over the micro-batches, as the LM loss is, so it adds up
+    to lambda per step on every pipeline stage.
+    """
+    config = run.config
+    state = mask_state_at(config.mask, iteration, config.training.train_iters)
+    per_microbatch = dataclasses.replace(state, reg_weight=state.reg_weight / num_microbatches(config))
+    apply_mask_state(run.gpt, per_microbatch)
+    seed_mask_noise(config.training.seed, iteration=iteration)
+    return state
+
+
+def train_step(run: Run) -> Dict[str, float]:
+    """One optimizer step over a global batch."""
+    config, state = run.config, run.state
+    mask_state = prepare_iteration(run, state.iteration)
+    batches = microbatches(run.train_data, first_sample=state.consumed_train_samples, config=config)
+    run.ddp.zero_grad_buffer()
+    run.optimizer.zero_grad()
+    loss = _run_batches(run, batches, forward_only=False)
+    lr = max((g["lr"] for g in run.optimizer.param_groups if g["params"]), default=0.0)
+    ok, grad_norm, _ = run.optimizer.step()
+    if not ok:
+        raise RuntimeError(f"optimizer step failed at iteration {state.iteration} (grad norm "
+                           f"{grad_norm}): NaN or Inf in the gradients")
+    run.scheduler.step(increment=1)
+    state.iteration += 1
+    state.consumed_train_samples += config.training.global_batch_size
+    return {"lm_loss": loss, "grad_norm": float(grad_norm or 0.0),
+            "temperature": mask_state.temperature, "logit_scale": mask_state.logit_scale,
+            "reg_weight": mask_state.reg_weight, "lr": lr}
+
+
+def _model_parallel_sum(values: List[float], device) -> List[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, group=parallel_state.get_model_parallel_group())
+    return tensor.tolist()
+
+
+@torch.no_grad()
+def regulariser_term(run: Run, state: MaskState) -> float:
+    """lambda * sum ||W * M~||^2 over the whole model, with the noise-free soft mask (for logs)."""
+    device = next(run.gpt.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for _, layer in masked_linears(run.gpt):
+        mask = soft_mask(layer.mask_logits, layer.mask_candidates, temperature=state.temperature,
+                         logit_scale=state.logit_scale)
+        total += (layer.weight.float() * mask.reshape(layer.weight.shape)).pow(2).sum()
+    return state.reg_weight * _model_parallel_sum([total.item()], device)[0]
+
+
+def mask_choices(run: Run) -> Dict[str, torch.Tensor]:
+    """The argmax candidate index of every group (the final mask, compactly)."""
+    return {name: layer.mask_logits.detach().argmax(-1).to(torch.uint8)
+            for name, layer in masked_linears(run.gpt)}
+
+
+def evaluate(run: Run) -> Dict[str, float]:
+    """Validation loss and PPL with the hard masks; fraction of groups changed since last time."""
+    config = run.config
+    run.ddp.eval()
+    losses = []
+    with torch.no_grad():
+        for index in range(config.logging.eval_iters):
+            batches = microbatches(run.valid_data, config=config,
+                                   first_sample=index * config.training.global_batch_size)
+            losses.append(_run_batches(run, batches, forward_only=True))
+    run.ddp.train()
+    choices = mask_choices(run)
+    changed = sum(int((choices[k] != run.mask_choices[k]).sum()) for k in choices)
+    groups = sum(c.numel() for c in choices.values())
+    exact = sum(is_exact_nm(layer.hard_mask(), config.mask.n, config.mask.m)
+                for _, layer in masked_linears(run.gpt))
+    device = next(run.gpt.parameters()).device
+    changed, groups, exact, layers = _model_parallel_sum(
+        [changed, groups, exact, len(choices)], device)
+    run.mask_choices = choices
+    val_loss = sum(losses) / len(losses)
+    return {"val_loss": val_loss, "val_ppl": perplexity(val_loss),
+            "mask_change_fraction": changed / max(groups, 1), "exact_nm": exact == layers}
+
+
+def _initialise_masks(run: Run) -> None:
+    """A fresh run: dense weights from the pretrained checkpoint, then the optional prior."""
+    ckpt, mask = run.config.checkpoint, run.config.mask
+    if ckpt.pretrained_checkpoint:
+        checkpointing.load_dense_weights(ckpt.pretrained_checkpoint, model=run.gpt)
+        run.optimizer.reload_model_params()
+    if ckpt.prior_mask:
+        priors = load_global_masks(ckpt.prior_mask, run.gpt)
+        apply_prior_masks(run.gpt, priors, strength=mask.prior_strength)
+
+
+def _check_parallel_state(config: RunConfig) -> None:
+    p = config.parallel
+    actual = (parallel_state.get_tensor_model_parallel_world_size(),
+              parallel_state.get_pipeline_model_parallel_world_size())
+    wanted = (p.tensor_model_parallel_size, p.pipeline_model_parallel_size)
+    if actual != wanted:
+        raise ValueError(f"Megatron was initialised with TP x PP = {actual} but the run config "
+                         f"asks for {wanted}: initialise with the config's sizes")
+
+
+def setup_run(config: RunConfig) -> Run:
+    """Build model, optimizer, scheduler and data; resume or initialise the masks."""
+    _check_parallel_state(config)
+    set_random_seeds(config.training.seed)
+    ddp, gpt, optimizer, scheduler = build_model_and_optimizer(config)
+    train_data, valid_data = build_data(config)
+    run = Run(config=config, ddp=ddp, gpt=gpt, optimizer=optimizer, scheduler=scheduler,
+              train_data=train_data, valid_data=valid_data)
+    num_microbatches(config)  # fail early on a batch that does not split
+    resume = checkpointing.latest_checkpoint(config.checkpoint.load)
+    if resume:
+        run.state = checkpointing.load_checkpoint(resume, model=gpt, optimizer=optimizer,
+                                                  scheduler=scheduler, run_config=config)
+    else:
+        _initialise_masks(run)
+    run.mask_choices = mask_choices(run)
+    return run
+
+
+def _is_logging_rank() -> bool:
+    return dist.get_rank() == dist.get_world_size() - 1  # the last pipeline stage of DP rank 0
+
+
+def train(config: RunConfig) -> List[Dict[str, float]]:
+    """Train until train_iters (or exit_interval); return every iteration's metrics."""
+    run = setup_run(config)
+    t, log_cfg, ckpt = config.training, config.logging, config.checkpoint
+    log_dir = log_cfg.log_dir or (f"{ckpt.save}/logs" if ckpt.save else None)
+    logger = MetricsLogger(log_dir=log_dir, tensorboard_dir=log_cfg.tensorboard_dir,
+                           enabled=_is_logging_rank())
+    device = next(run.gpt.parameters()).device
+    history, window = [], []
+    try:
+        while run.state.iteration < t.train_iters:
+            start = time.perf_counter()
+            metrics = train_step(run)
+            metrics["step_time_s"] = time.perf_counter() - start
+            metrics["iteration"] = run.state.iteration
+            history.append(metrics)
+            window.append(metrics)
+            it = run.state.iteration
+            if it % log_cfg.log_interval == 0 or it == t.train_iters:
+                logger.log(_train_record(run, window, device))
+                window = []
+            if log_cfg.eval_iters and run.valid_data is not None and (
+                    it % log_cfg.eval_interval == 0 or it == t.train_iters):
+                logger.log({"kind": "eval", "iteration": it,
+                            "tokens": run.state.consumed_train_samples * t.seq_length,
+                            **evaluate(run)})
+            stop = t.exit_interval is not None and it % t.exit_interval == 0
+            if ckpt.save and (it == t.train_iters or stop or
+                              (ckpt.save_interval and it % ckpt.save_interval == 0)):
+                checkpointing.save_checkpoint(ckpt.save, run.state, model=run.gpt,
+                                              optimizer=run.optimizer, scheduler=run.scheduler,
+                                              run_config=config)
+            if stop:
+                break
+    finally:
+        logger.close()
+    return history
+
+
+def _train_record(run: Run, window: List[Dict[str, float]], device) -> Dict[str, float]:
+    t = run.config.training
+    last = window[-1]
+    step_time = sum(m["step_time_s"] for m in window) / len(window)
+    state = MaskState(temperature=last["temperature"], logit_scale=last["logit_scale"],
+                      reg_weight=last["reg_weight"])
+    return {
+        "kind": "train", "iteration": last["iteration"], "train_iters": t.train_iters,
+        "lm_loss": sum(m["lm_loss"] for m in window) / len(window),
+        "reg_term": regulariser_term(run, state),
+        "temperature": last["temperature"], "logit_scale": last["logit_scale"],
+        "lr": last["lr"], "grad_norm": last["grad_norm"],
+        "tokens_per_s": t.global_batch_size * t.seq_length / step_time,
+        "step_time_s": step_time, "peak_memory_bytes": peak_memory_bytes(device),
+        "tokens": run.state.consumed_train_samples * t.seq_length,
+        "consumed_samples": run.state.consumed_train_samples,
+    }
+
