@@ -103,8 +103,15 @@ class MaskedLinearMixin:
             rng = tracker.fork()
         else:  # no Megatron RNG set up (a plain single-process user): the default generator
             rng = contextlib.nullcontext()
+        device = self.mask_logits.device
+        if device.type == "cpu" and torch.cuda.is_available():
+            # the tracker governs the CUDA generator: draw there, so (seed, iteration) still
+            # fixes the noise of a layer kept on the host
+            with rng:
+                return gumbel_noise(self.mask_logits.shape,
+                                    device=torch.cuda.current_device()).to(device)
         with rng:
-            return gumbel_noise(self.mask_logits.shape, device=self.mask_logits.device)
+            return gumbel_noise(self.mask_logits.shape, device=device)
 
     def masked_weight(self, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         """W * M~ in training mode (fresh Gumbel noise), W * argmax-mask in eval mode."""

@@ -22,15 +22,23 @@ class ModelShape:
     family: str = "llama"
     """"llama": RMSNorm, SwiGLU, RoPE, no biases. "gpt": LayerNorm, GeLU, learned positions, biases."""
     num_layers: int
+    """Transformer layers."""
     hidden_size: int
+    """Model width."""
     ffn_hidden_size: int
+    """MLP width (of each of gate and up for SwiGLU)."""
     num_attention_heads: int
+    """Query heads."""
     num_query_groups: Optional[int] = None
     """Key/value heads for grouped-query attention; None means one per attention head."""
     vocab_size: int
+    """Embedding rows (padded vocabulary); divisible by the tensor-parallel size."""
     max_position_embeddings: int = 4096
+    """Longest sequence the model is built for."""
     rotary_base: float = 10000.0
+    """RoPE theta."""
     norm_eps: float = 1e-5
+    """Epsilon of RMSNorm / LayerNorm."""
     tied_embeddings: bool = False
     """Share the input embedding with the output head (SmolLM2, GPT-2 style)."""
 
@@ -89,9 +97,9 @@ def build_transformer_config(
         gradient_accumulation_fusion=False,
         bias_activation_fusion=on_gpu and not llama,
         bias_dropout_fusion=on_gpu,
-        masked_softmax_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu and compat.HAVE_TE,
         apply_rope_fusion=False,
-        persist_layer_norm=on_gpu,
+        persist_layer_norm=on_gpu and compat.HAVE_TE,  # torch norms (no TE) refuse it
     )
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
@@ -130,6 +138,8 @@ def build_masked_gpt_model(
         rotary_base=shape.rotary_base,
     )
     _check_every_block_linear_is_masked(model)
+    if torch.cuda.is_available():  # torch norms and CPU-initialised weights start on the host
+        model.cuda(torch.cuda.current_device())
     apply_mask_training_freeze(model, train_weights=mask_config.train_weights)
     if not mask_config.train_weights and config.recompute_granularity == "full" and pre_process:
         # Reentrant checkpointing only back-propagates into blocks whose *inputs* need grad; with
@@ -192,7 +202,8 @@ def apply_prior_masks(model: torch.nn.Module, prior_masks: Dict[str, torch.Tenso
         raise ValueError(f"prior masks do not match the model's masked layers: unknown "
                          f"{unknown[:3]}, missing {missing[:3]} ({len(missing)} in all)")
     for name, layer in layers.items():
-        apply_prior_(layer.mask_logits, prior_masks[name], layer.mask_candidates,
+        prior = prior_masks[name].to(layer.mask_logits.device)
+        apply_prior_(layer.mask_logits, prior, layer.mask_candidates,
                      strength=strength, logits_std=_tp_std(layer))
 
 
@@ -200,7 +211,8 @@ def _tp_std(layer: MaskedLinearMixin) -> float:
     """Unbiased std of a layer's logits over all its tensor-parallel shards."""
     logits = layer.mask_logits.detach().double()
     stats = torch.stack([logits.sum(), logits.pow(2).sum(),
-                         torch.tensor(float(logits.numel()), dtype=torch.float64)])
+                         torch.tensor(float(logits.numel()), dtype=torch.float64,
+                                      device=logits.device)])
     group = compat.layer_tp_group(layer)
     if group.size() > 1:
         torch.distributed.all_reduce(stats, group=group)

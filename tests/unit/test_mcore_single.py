@@ -173,7 +173,7 @@ def test_prior_masks_win_the_argmax(mcore):
     # shifts the prior candidate 10 logit-stds above its rivals, so it must win everywhere.
     mcore.apply_prior_masks(model, priors, strength=10.0)
     for name, mask in mcore.hard_masks(model).items():
-        assert torch.equal(mask, priors[name].bool()), name
+        assert torch.equal(mask.cpu(), priors[name].bool()), name
     with pytest.raises(ValueError, match="missing"):
         mcore.apply_prior_masks(model, {}, strength=3.0)
 
@@ -181,9 +181,10 @@ def test_prior_masks_win_the_argmax(mcore):
 def test_gpt_family_model_runs_and_is_exact_nm(mcore):
     model = _model(mcore, family="gpt", num_query_groups=None)
     model.eval()
-    tokens = torch.randint(0, 64, (2, 8))
+    device = next(model.parameters()).device
+    tokens = torch.randint(0, 64, (2, 8), device=device)
     with torch.no_grad():
-        loss = model(tokens, torch.arange(8).expand(2, 8), None, labels=tokens)
+        loss = model(tokens, torch.arange(8, device=device).expand(2, 8), None, labels=tokens)
     assert torch.isfinite(loss).all()
     assert all(mcore.check_nm(model).values())
     assert model.decoder.layers[0].mlp.linear_fc1.bias is not None  # biases kept
@@ -202,13 +203,15 @@ def test_activation_recompute_redraws_the_same_noise(mcore):
     for recompute in ({}, dict(recompute_granularity="full", recompute_method="uniform",
                                recompute_num_layers=1)):
         shape = mcore.ModelShape(**SHAPE)
-        torch.manual_seed(0)
+        mcore.set_random_seeds(0)  # Megatron's tracker too: on GPU it draws the initial weights
         model = mcore.build_masked_gpt_model(
             shape, MaskConfig(), config=mcore.build_transformer_config(shape, **recompute))
         model.train()
         mcore.seed_mask_noise(5, iteration=2)
-        tokens = torch.arange(16).remainder(64).view(2, 8)
-        model(tokens, torch.arange(8).expand(2, 8), None, labels=tokens).mean().backward()
+        device = next(model.parameters()).device
+        tokens = torch.arange(16, device=device).remainder(64).view(2, 8)
+        model(tokens, torch.arange(8, device=device).expand(2, 8), None,
+              labels=tokens).mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
 
@@ -252,7 +255,8 @@ def test_tied_embeddings_model_shares_and_freezes_the_embedding(mcore):
     assert model.share_embeddings_and_output_weights
     shared = model.shared_embedding_or_output_weight()
     assert shared is model.embedding.word_embeddings.weight and not shared.requires_grad
-    tokens = torch.randint(0, 64, (2, 8))
-    model(tokens, torch.arange(8).expand(2, 8), None, labels=tokens).mean().backward()
+    device = shared.device
+    tokens = torch.randint(0, 64, (2, 8), device=device)
+    model(tokens, torch.arange(8, device=device).expand(2, 8), None, labels=tokens).mean().backward()
     assert shared.grad is None
     assert all(p.grad is not None for n, p in model.named_parameters() if n.endswith("mask_logits"))
