@@ -32,5 +32,6 @@ setup(
         "plot": ["matplotlib"],
         "test": ["pytest>=8", "pytest-timeout", "matplotlib"],
     },
+    entry_points={"console_scripts": ["megatron-masklm-train = megatron_masklm.train:main"]},
     license="Apache-2.0",
 )

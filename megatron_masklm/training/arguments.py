@@ -199,13 +199,13 @@ def _resolve_tokenizer(sections: Dict[str, Dict[str, Any]], pretrained: Optional
     """Default to the tokenizer saved with the pretrained checkpoint; derive a missing
     vocab_size from the tokenizer, padded as Megatron-LM pads it (divisor x TP)."""
     data, model = sections["data"], sections["model"]
-    if data.get("tokenizer_type") is None and pretrained:
+    if pretrained and data.get("tokenizer_model") is None:
         directory = os.path.join(pretrained, "tokenizer")
         for filename, kind in (("tokenizer.json", "HuggingFaceTokenizer"),
                                ("tokenizer.model", "SentencePieceTokenizer")):
-            if os.path.exists(os.path.join(directory, filename)):
-                data["tokenizer_type"] = kind
-                data.setdefault("tokenizer_model", os.path.join(directory, filename))
+            path = os.path.join(directory, filename)
+            if os.path.exists(path) and data.get("tokenizer_type") in (None, kind):
+                data["tokenizer_type"], data["tokenizer_model"] = kind, path
                 break
     if "vocab_size" in model or data.get("tokenizer_type") in (None, "NullTokenizer"):
         return

@@ -154,3 +154,13 @@ def test_vocab_size_from_the_tokenizer_padded_like_megatron(tmp_path):
         "--make-vocab-size-divisible-by", "16"])
     assert config.data.tokenizer_type == "SentencePieceTokenizer"
     assert config.model.vocab_size == 64  # 40 tokens padded to a multiple of 16 x 2
+    named = run_config_from_args(SHAPE + ["--pretrained-checkpoint", str(tmp_path),
+                                          "--tokenizer-type", "SentencePieceTokenizer"])
+    assert named.data.tokenizer_model == str(tmp_path / "tokenizer" / "tokenizer.model")
+
+
+def test_console_script_is_declared():
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert scripts.get("megatron-masklm-train") == "megatron_masklm.train:main"
