@@ -14,7 +14,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -163,8 +163,6 @@ def save_checkpoint(run_dir: str, train_state: TrainState, *, model, optimizer, 
 
 
 def _shape_dict(shape: ModelShape) -> Dict[str, Any]:
-    from dataclasses import asdict
-
     return asdict(shape)
 
 

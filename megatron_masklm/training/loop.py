@@ -14,9 +14,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from ..masking import MaskState, is_exact_nm, mask_state_at, soft_mask
-from ..mcore import (apply_mask_state, apply_prior_masks, masked_linears, seed_mask_noise,
-                     set_random_seeds)
+from ..masking import MaskState, mask_state_at, soft_mask
+from ..mcore import (apply_mask_state, apply_prior_masks, check_nm, masked_linears,
+                     seed_mask_noise, set_random_seeds)
 from ..mcore.global_masks import load_global_masks
 from . import checkpointing
 from .builders import build_data, build_model_and_optimizer
@@ -179,8 +179,7 @@ def evaluate(run: Run) -> Dict[str, float]:
     choices = mask_choices(run)
     changed = sum(int((choices[k] != run.mask_choices[k]).sum()) for k in choices)
     groups = sum(c.numel() for c in choices.values())
-    exact = sum(is_exact_nm(layer.hard_mask(), config.mask.n, config.mask.m)
-                for _, layer in masked_linears(run.gpt))
+    exact = sum(check_nm(run.gpt).values())
     device = next(run.gpt.parameters()).device
     changed, groups, exact, layers = _model_parallel_sum(
         [changed, groups, exact, len(choices)], device)
@@ -195,10 +194,11 @@ def _initialise_masks(run: Run) -> None:
     ckpt, mask = run.config.checkpoint, run.config.mask
     if ckpt.pretrained_checkpoint:
         checkpointing.load_dense_weights(ckpt.pretrained_checkpoint, model=run.gpt)
-        run.optimizer.reload_model_params()
     if ckpt.prior_mask:
         priors = load_global_masks(ckpt.prior_mask, run.gpt)
         apply_prior_masks(run.gpt, priors, strength=mask.prior_strength)
+    if ckpt.pretrained_checkpoint or ckpt.prior_mask:
+        run.optimizer.reload_model_params()  # main-parameter copies follow the loaded values
 
 
 def _check_parallel_state(config: RunConfig) -> None:
