@@ -3,6 +3,20 @@
 Shape legend: R rows, I inputs, G = I/M groups, M group size, C = C(M, N) candidates.
 """
 from .candidates import MAX_M, nm_candidates, num_candidates, parse_nm, validate_nm
+from .compact import (
+    COMPACT_FORMAT,
+    PackedMasks,
+    detect_mask_format,
+    index_bits,
+    indices_to_mask,
+    load_masks_any,
+    load_masks_compact,
+    mask_to_indices,
+    pack_indices,
+    read_packed_masks,
+    save_masks_compact,
+    unpack_indices,
+)
 from .config import MaskConfig
 from .nm import group_counts, is_exact_nm, nm_violations
 from .packing import load_masks_npz, pack_mask, save_masks_npz, unpack_mask
@@ -23,4 +37,8 @@ __all__ = [
     "load_masks_npz", "mask_state_at", "masked_weight", "nm_candidates", "nm_violations",
     "num_candidates", "pack_mask", "parse_nm", "prior_logit_shift", "save_masks_npz",
     "soft_mask", "sparse_weight_regularizer", "unpack_mask", "validate_nm",
+    # compact mask-index format
+    "COMPACT_FORMAT", "PackedMasks", "detect_mask_format", "index_bits", "indices_to_mask",
+    "load_masks_any", "load_masks_compact", "mask_to_indices", "pack_indices",
+    "read_packed_masks", "save_masks_compact", "unpack_indices",
 ]

@@ -1,0 +1,306 @@
+"""Compact N:M mask files: one candidate index per group, bit-packed ("masklm-nm-index/1").
+
+Shape legend: R rows (outputs), I inputs, G = I/M groups per row, C = C(M, N) candidates.
+
+Format (the spec other tools read). One ``.npz`` (np.savez_compressed, no pickles) holding:
+
+- ``__format__``: the unicode string ``"masklm-nm-index/1"`` (a 0-d numpy ``<U`` array);
+- ``__n__``, ``__m__``: the pattern N and M as 0-d int64 arrays (same for every parameter);
+- per masked parameter (HF name, e.g. ``model.layers.0.self_attn.q_proj.weight``):
+  ``<name>.shape``: int64 ``[R, I]`` (I divisible by M), and ``<name>.idx``: uint8 packed indices.
+
+Index of a group: the group is the M consecutive keep-bits ``mask[r, g*M:(g+1)*M]``; its index
+is the position of that keep-vector among the C candidates in lexicographic order of the kept
+positions (:func:`nm_candidates`; 2:4 -> (0,1)=0 (0,2)=1 (0,3)=2 (1,2)=3 (1,3)=4 (2,3)=5).
+
+Bit order: b = ceil(log2 C) bits per group (1:4 -> 2, 2:4 -> 3, 4:8 -> 7). Groups are taken in
+row-major order, k = r*G + g. Index v_k fills stream bits k*b .. k*b+b-1, least significant bit
+first; stream bit s is bit (s mod 8) of byte s // 8, bit 0 being the byte's least significant
+bit; the last byte is zero padded. Equivalently, the bytes are the little-endian encoding of the
+integer sum_k v_k * 2**(k*b), i.e. ``np.packbits(bits, bitorder="little")`` of the LSB-first
+bits. ``.idx`` thus has exactly ceil(R*G*b / 8) bytes; every index must be < C.
+
+A 2:4 mask costs 3 bits per 4 weights (0.75 bits/weight, vs log2(6)/4 = 0.65 in theory and
+1 bit/weight for the released "npz-bits" format of :mod:`.packing`).
+"""
+import os
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from math import ceil, log2
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .candidates import nm_candidates, num_candidates, validate_nm
+from .packing import MASK_SUFFIX, unpack_mask
+
+COMPACT_FORMAT = "masklm-nm-index/1"
+_FORMAT_PREFIX = "masklm-nm-index/"
+_META_KEYS = ("__format__", "__n__", "__m__")
+Shape = Tuple[int, ...]
+
+
+def index_bits(n: int, m: int) -> int:
+    """b = ceil(log2 C(M, N)), the bits stored per group (at least 1)."""
+    return max(1, ceil(log2(num_candidates(n, m))))
+
+
+def _code_table(n: int, m: int) -> torch.Tensor:
+    """Candidate index for each of the 2**M keep-bit codes (bit j = position j), -1 if not N:M."""
+    table = torch.full((1 << m,), -1, dtype=torch.long)
+    codes = (nm_candidates(n, m, dtype=torch.long) << torch.arange(m)).sum(-1)
+    table[codes] = torch.arange(codes.numel())
+    return table
+
+
+def mask_to_indices(mask_RI: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Candidate index per group, LongTensor [R, I/M]; ValueError unless exactly N:M."""
+    n, m = validate_nm(n, m)
+    if mask_RI.dim() != 2 or mask_RI.shape[1] % m != 0:
+        raise ValueError(f"expected a 2-D [rows, in] mask with in divisible by M={m}, "
+                         f"got shape {tuple(mask_RI.shape)}")
+    bits_RGM = (mask_RI.detach().cpu() != 0).reshape(mask_RI.shape[0], mask_RI.shape[1] // m, m)
+    codes_RG = torch.zeros(bits_RGM.shape[:2], dtype=torch.uint8)
+    for j in range(m):  # a loop over M, not over groups: keeps memory at ~1 byte per group
+        codes_RG |= bits_RGM[..., j].to(torch.uint8) << j
+    indices_RG = _code_table(n, m)[codes_RG.long()]
+    bad = (indices_RG < 0).nonzero()
+    if bad.numel():
+        row, group = (int(v) for v in bad[0])
+        kept = int(bits_RGM[row, group].sum())
+        raise ValueError(f"mask is not exactly {n}:{m}: row {row}, group {group} (inputs "
+                         f"{group * m}..{group * m + m - 1}) keeps {kept} of {m} "
+                         f"({len(bad)} bad groups in all)")
+    return indices_RG
+
+
+def indices_to_mask(indices_RG: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Bool keep-mask [R, G*M] from candidate indices [R, G]; ValueError on an index >= C."""
+    candidates_CM = nm_candidates(n, m, dtype=torch.bool)
+    indices_RG = torch.as_tensor(indices_RG).long()
+    if indices_RG.dim() != 2:
+        raise ValueError(f"expected 2-D [rows, groups] indices, got {tuple(indices_RG.shape)}")
+    bad = ((indices_RG < 0) | (indices_RG >= len(candidates_CM))).nonzero()
+    if bad.numel():
+        row, group = (int(v) for v in bad[0])
+        raise ValueError(f"candidate index {int(indices_RG[row, group])} at row {row}, group "
+                         f"{group} is out of range: {n}:{m} has {len(candidates_CM)} candidates")
+    return candidates_CM[indices_RG].reshape(indices_RG.shape[0], -1)
+
+
+def pack_indices(indices, bits: int) -> np.ndarray:
+    """Fixed-width packing of non-negative ints < 2**bits, LSB first (module docstring)."""
+    _check_bits(bits)
+    values = np.asarray(indices).reshape(-1)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"indices must be integers, got dtype {values.dtype}")
+    if values.size and (values.min() < 0 or values.max() >= 1 << bits):
+        raise ValueError(f"indices must lie in [0, {1 << bits}) to fit in {bits} bits, "
+                         f"got range [{values.min()}, {values.max()}]")
+    values = values.astype(np.uint16)
+    stream = (values[:, None] >> np.arange(bits, dtype=np.uint16)) & 1
+    return np.packbits(stream.astype(np.uint8).reshape(-1), bitorder="little")
+
+
+def unpack_indices(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_indices`: ``count`` int64 values; ValueError on a wrong byte count."""
+    _check_bits(bits)
+    packed = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    needed = packed_size(count, bits)
+    if packed.size != needed:
+        raise ValueError(f"{packed.size} packed bytes, but {count} indices of {bits} bits "
+                         f"need {needed}")
+    stream = np.unpackbits(packed, count=count * bits, bitorder="little").reshape(count, bits)
+    values = np.zeros(count, dtype=np.int64)
+    for j in range(bits):  # a loop over bit positions, vectorised over all groups
+        values |= stream[:, j].astype(np.int64) << j
+    return values
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes used by ``count`` packed indices of ``bits`` bits."""
+    return (count * bits + 7) // 8
+
+
+def _check_bits(bits: int) -> None:
+    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
+        raise ValueError(f"bits per index must be an int in 1..16, got {bits!r}")
+
+
+def save_masks_compact(path: str, masks: Dict[str, torch.Tensor], *, n: int, m: int) -> None:
+    """Write ``{param name: [R, I] keep-mask}`` as a compact index file, atomically."""
+    n, m = validate_nm(n, m)
+    bits = index_bits(n, m)
+    entries = {"__format__": np.array(COMPACT_FORMAT), "__n__": np.array(n, dtype=np.int64),
+               "__m__": np.array(m, dtype=np.int64)}
+    for name, mask in masks.items():
+        try:
+            indices = mask_to_indices(torch.as_tensor(mask), n, m)
+        except ValueError as error:
+            raise ValueError(f"mask {name!r}: {error}") from None
+        entries[name + ".idx"] = pack_indices(indices.numpy(), bits)
+        entries[name + ".shape"] = np.array(tuple(mask.shape), dtype=np.int64)
+    _atomic_savez(path, entries)
+
+
+def _atomic_savez(path: str, entries: Dict[str, np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, **entries)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a mask file is shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class PackedMasks:
+    """A mask file read into memory still packed; unpack one parameter at a time."""
+
+    path: str
+    format: str
+    """"compact" or "npz-bits"."""
+    packed: Dict[str, np.ndarray]
+    shapes: Dict[str, Shape] = field(default_factory=dict)
+    """Stored shapes (compact files only; npz-bits files do not record shapes)."""
+    nm: Optional[Tuple[int, int]] = None
+    """(n, m) of a compact file; None for npz-bits."""
+
+    def check_shape(self, name: str, shape: Shape) -> None:
+        """ValueError naming the entry when ``name`` cannot be a mask of this shape."""
+        shape = tuple(int(s) for s in shape)
+        if self.format == "compact":
+            if self.shapes[name] != shape:
+                raise ValueError(f"mask file {self.path!r}: entry {name!r} has shape "
+                                 f"{self.shapes[name]} but the weight has shape {shape}")
+            return
+        needed = (int(np.prod(shape)) + 7) // 8
+        if self.packed[name].size != needed:
+            raise ValueError(f"mask file {self.path!r}: entry {name!r} has "
+                             f"{self.packed[name].size} bytes but shape {shape} needs {needed}: "
+                             f"it does not belong to this weight")
+
+    def unpack(self, name: str, shape: Optional[Shape] = None) -> torch.Tensor:
+        """Bool keep-mask of one parameter (``shape`` required for npz-bits files)."""
+        if name not in self.packed:
+            raise ValueError(f"mask file {self.path!r} has no entry {name!r}")
+        if shape is None and self.format == "npz-bits":
+            raise ValueError(f"mask file {self.path!r} is npz-bits, which stores no shapes: "
+                             f"give the shape of {name!r}")
+        shape = tuple(int(s) for s in (shape if shape is not None else self.shapes[name]))
+        self.check_shape(name, shape)
+        if self.format == "npz-bits":
+            return unpack_mask(self.packed[name], shape)
+        n, m = self.nm
+        rows, groups = shape[0], shape[1] // m
+        indices = unpack_indices(self.packed[name], rows * groups, index_bits(n, m))
+        try:
+            return indices_to_mask(torch.from_numpy(indices).reshape(rows, groups), n, m)
+        except ValueError as error:
+            raise ValueError(f"mask file {self.path!r}: entry {name!r}: {error}") from None
+
+
+def read_packed_masks(path: str) -> PackedMasks:
+    """Read either mask format (detected by ``__format__``), validated but still packed."""
+    if not os.path.isfile(path):
+        raise ValueError(f"mask file {path!r} does not exist")
+    if not zipfile.is_zipfile(path):  # np.load would try to unpickle anything else
+        raise ValueError(f"cannot read mask file {path!r}: not an .npz (zip) archive")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(f"cannot read mask file {path!r}: {error}") from error
+    if "__format__" in arrays:
+        return _compact_from_arrays(path, arrays)
+    bad = sorted(key for key in arrays if not key.endswith(MASK_SUFFIX))
+    if bad or not arrays:
+        raise ValueError(f"{path!r} is not a mask file: no '__format__' entry (compact) and "
+                         f"{'no entries' if not arrays else f'entries {bad[:3]} lack'} "
+                         f"the '{MASK_SUFFIX}' suffix (npz-bits)")
+    packed = {key[: -len(MASK_SUFFIX)]: value for key, value in arrays.items()}
+    return PackedMasks(path, "npz-bits", packed)
+
+
+def _compact_from_arrays(path: str, arrays: Dict[str, np.ndarray]) -> PackedMasks:
+    fmt = arrays["__format__"]
+    fmt = str(fmt.item()) if fmt.dtype.kind == "U" and fmt.size == 1 else repr(fmt)
+    if not fmt.startswith(_FORMAT_PREFIX):
+        raise ValueError(f"{path!r}: entry '__format__' is {fmt!r}, not a compact mask file")
+    if fmt != COMPACT_FORMAT:
+        raise ValueError(f"{path!r}: unsupported compact mask format version {fmt!r}; this "
+                         f"reader understands {COMPACT_FORMAT!r} (upgrade megatron_masklm)")
+    try:
+        n, m = validate_nm(int(arrays["__n__"]), int(arrays["__m__"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path!r}: entries '__n__'/'__m__' are missing or invalid: "
+                         f"{error}") from None
+    packed, shapes = _compact_entries(path, arrays, n, m)
+    return PackedMasks(path, "compact", packed, shapes, (n, m))
+
+
+def _compact_entries(path: str, arrays: Dict[str, np.ndarray], n: int, m: int):
+    names = {key.rsplit(".", 1)[0] for key in arrays if key not in _META_KEYS}
+    packed, shapes = {}, {}
+    for name in sorted(names):
+        idx, shape = arrays.get(name + ".idx"), arrays.get(name + ".shape")
+        if idx is None or shape is None or len(arrays) - len(_META_KEYS) != 2 * len(names):
+            raise ValueError(f"{path!r}: entry {name!r} needs exactly '{name}.idx' and "
+                             f"'{name}.shape' (found keys {sorted(arrays)[:6]})")
+        shape = tuple(int(s) for s in np.asarray(shape).reshape(-1))
+        if len(shape) != 2 or min(shape) < 0 or shape[1] % m:
+            raise ValueError(f"{path!r}: entry {name!r} has shape {shape}; compact masks "
+                             f"are 2-D [rows, in] with in divisible by M={m}")
+        needed = packed_size(shape[0] * (shape[1] // m), index_bits(n, m))
+        if idx.dtype != np.uint8 or idx.size != needed:
+            raise ValueError(f"{path!r}: entry {name!r} has {idx.size} bytes ({idx.dtype}) but "
+                             f"shape {shape} at {n}:{m} needs {needed} uint8 bytes")
+        packed[name], shapes[name] = idx, shape
+    return packed, shapes
+
+
+def load_masks_compact(path: str, shapes: Optional[Dict[str, Shape]] = None
+                       ) -> Tuple[Dict[str, torch.Tensor], Tuple[int, int]]:
+    """All masks of a compact file and its (n, m); with ``shapes``, names and shapes must match."""
+    masks = read_packed_masks(path)
+    if masks.format != "compact":
+        raise ValueError(f"{path!r} is not a compact mask file (no '__format__' entry; it looks "
+                         f"like an npz-bits file: use load_masks_npz or load_masks_any)")
+    if shapes is not None:
+        _check_names(masks, shapes)
+    names = masks.packed if shapes is None else shapes
+    return {name: masks.unpack(name, None if shapes is None else shapes[name])
+            for name in names}, masks.nm
+
+
+def _check_names(masks: PackedMasks, shapes: Dict[str, Shape]) -> None:
+    missing = sorted(set(shapes) - set(masks.packed))
+    extra = sorted(set(masks.packed) - set(shapes))
+    if missing or extra:
+        raise ValueError(f"mask file {masks.path!r} does not match the model: missing "
+                         f"{missing[:5]} ({len(missing)} in all), unexpected {extra[:5]} "
+                         f"({len(extra)} in all)")
+
+
+def detect_mask_format(path: str) -> str:
+    """"compact" (has a ``__format__`` entry) or "npz-bits" (only ``<name>.mask`` entries)."""
+    return read_packed_masks(path).format
+
+
+def load_masks_any(path: str, shapes: Optional[Dict[str, Shape]] = None) -> Dict[str, torch.Tensor]:
+    """Masks from either format; ``shapes`` (required for npz-bits) must match the file's names."""
+    masks = read_packed_masks(path)
+    if shapes is None and masks.format == "npz-bits":
+        raise ValueError(f"{path!r} is an npz-bits mask file, which stores no shapes: pass shapes")
+    if shapes is not None:
+        _check_names(masks, shapes)
+    names = masks.packed if shapes is None else shapes
+    return {name: masks.unpack(name, None if shapes is None else shapes[name]) for name in names}
