@@ -30,7 +30,7 @@ setup(
     extras_require={
         "hf": ["transformers", "safetensors", "gguf", "accelerate"],
         "plot": ["matplotlib"],
-        "test": ["pytest>=8", "pytest-timeout", "matplotlib"],
+        "test": ["pytest>=8", "pytest-timeout", "matplotlib", "transformers", "safetensors"],
     },
     entry_points={"console_scripts": ["megatron-masklm-train = megatron_masklm.train:main"]},
     license="Apache-2.0",

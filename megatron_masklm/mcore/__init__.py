@@ -10,6 +10,7 @@ from .model import (
     apply_mask_state,
     apply_mask_training_freeze,
     apply_prior_masks,
+    build_dense_gpt_model,
     build_masked_gpt_model,
     build_transformer_config,
     check_nm,
@@ -24,7 +25,7 @@ __all__ = [
     "MASK_NOISE_RNG", "MaskedColumnParallelLinear", "MaskedLinearMixin",
     "MaskedRowParallelLinear", "ModelShape", "apply_mask_state", "apply_mask_training_freeze",
     "apply_masking_to_spec", "apply_prior_masks", "build_masked_gpt_model",
-    "build_transformer_config", "check_nm", "destroy_distributed", "enable_cpu_backend",
+    "build_dense_gpt_model", "build_transformer_config", "check_nm", "destroy_distributed", "enable_cpu_backend",
     "get_masked_gpt_layer_spec", "hard_masks", "initialize_distributed", "masked_linears",
     "seed_mask_noise", "set_random_seeds",
 ]

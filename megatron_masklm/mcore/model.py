@@ -39,6 +39,9 @@ class ModelShape:
     """RoPE theta."""
     norm_eps: float = 1e-5
     """Epsilon of RMSNorm / LayerNorm."""
+    rope_scaling_factor: Optional[float] = None
+    """LLaMA-3.1-style RoPE scaling factor (low/high frequency factors 1/4, original context
+    8192: Megatron-Core's fixed values); None means no scaling."""
     tied_embeddings: bool = False
     """Share the input embedding with the output head (SmolLM2, GPT-2 style)."""
 
@@ -121,22 +124,8 @@ def build_masked_gpt_model(
     """
     config = config or build_transformer_config(shape)
     use_te = compat.HAVE_TE and torch.cuda.is_available() if use_te is None else use_te
-    tp = config.tensor_model_parallel_size
-    if shape.vocab_size % tp:
-        raise ValueError(f"vocab_size {shape.vocab_size} is not divisible by tensor-parallel size "
-                         f"{tp}: pad the vocabulary to a multiple of {tp}")
     spec = get_masked_gpt_layer_spec(mask_config, use_te=use_te, normalization=config.normalization)
-    model = GPTModel(
-        config=config,
-        transformer_layer_spec=spec,
-        vocab_size=shape.vocab_size,
-        max_sequence_length=shape.max_position_embeddings,
-        pre_process=pre_process,
-        post_process=post_process,
-        share_embeddings_and_output_weights=shape.tied_embeddings,
-        position_embedding_type="rope" if shape.family == "llama" else "learned_absolute",
-        rotary_base=shape.rotary_base,
-    )
+    model = _gpt_model(shape, config, spec, pre_process=pre_process, post_process=post_process)
     _check_every_block_linear_is_masked(model)
     if torch.cuda.is_available():  # torch norms and CPU-initialised weights start on the host
         model.cuda(torch.cuda.current_device())
@@ -146,6 +135,40 @@ def build_masked_gpt_model(
         # a frozen embedding nothing would reach the logits. Mark the embedding output instead.
         model.embedding.register_forward_hook(_require_grad_on_output)
     return model
+
+
+def build_dense_gpt_model(shape: ModelShape, *, config: Optional[TransformerConfig] = None,
+                          use_te: bool = False, pre_process: bool = True,
+                          post_process: bool = True) -> GPTModel:
+    """The same GPTModel without masks: what a dense Megatron checkpoint of ``shape`` holds
+    (its state-dict keys are the masked model's minus the logits)."""
+    config = config or build_transformer_config(shape)
+    spec = compat.gpt_layer_spec(use_te=use_te, normalization=config.normalization)
+    model = _gpt_model(shape, config, spec, pre_process=pre_process, post_process=post_process)
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    return model
+
+
+def _gpt_model(shape: ModelShape, config: TransformerConfig, spec, *, pre_process: bool,
+               post_process: bool) -> GPTModel:
+    tp = config.tensor_model_parallel_size
+    if shape.vocab_size % tp:
+        raise ValueError(f"vocab_size {shape.vocab_size} is not divisible by tensor-parallel size "
+                         f"{tp}: pad the vocabulary to a multiple of {tp}")
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=shape.vocab_size,
+        max_sequence_length=shape.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=shape.tied_embeddings,
+        position_embedding_type="rope" if shape.family == "llama" else "learned_absolute",
+        rotary_base=shape.rotary_base,
+        **({"rope_scaling": True, "rope_scaling_factor": shape.rope_scaling_factor}
+           if shape.rope_scaling_factor else {}),
+    )
 
 
 def _check_every_block_linear_is_masked(model: torch.nn.Module) -> None:

@@ -265,8 +265,8 @@ def load_dense_weights(path: str, *, model) -> None:
     state = {key: value for key, value in full.items()
              if not key.endswith(LOGITS_SUFFIX) and not key.endswith("_extra_state")}
     _check_tensors_present(state, directory, what="pretrained checkpoint")
-    loaded = dist_checkpointing.load(state, directory)
-    missing, unexpected = model.load_state_dict(loaded, strict=False)
+    loaded = dist_checkpointing.load(state, directory)  # also returns the common state
+    missing, unexpected = model.load_state_dict({key: loaded[key] for key in state}, strict=False)
     not_loaded = [key for key in missing
                   if not key.endswith(LOGITS_SUFFIX) and not key.endswith("_extra_state")]
     if not_loaded or unexpected:  # pragma: no cover - the checks above make this unreachable

@@ -1,0 +1,169 @@
+"""Megatron-Core checkpoint (dense, or with mask logits; any TP/PP) -> Hugging Face directory,
+and the final keep-masks under HF parameter names."""
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+
+from ..masking import MaskConfig, parse_nm
+from ..mcore.model import ModelShape
+from .hf_config import hf_config_from_shape
+from .name_map import param_maps
+from .output import atomic_output_dir, megatron_world_of_one
+from .sources import TOKENIZER_FILES, copy_files
+
+MAX_SHARD_BYTES = 5 * 2**30
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A Megatron checkpoint read at TP=1: HF-named tensors, HF-named masks, config, tokenizer."""
+
+    tensors: Dict[str, torch.Tensor]
+    masks: Dict[str, torch.Tensor]
+    pattern: Optional[str]
+    hf_config: Dict[str, Any]
+    tokenizer_dir: Optional[str]
+
+
+def _resolve(path: str):
+    """(root dir, dist checkpoint dir) for a run/converted dir or a dist checkpoint dir."""
+    from ..training.checkpointing import latest_checkpoint
+
+    pointed = latest_checkpoint(path)
+    if pointed:
+        return path, pointed
+    if os.path.exists(os.path.join(path, "metadata.json")):
+        return os.path.dirname(os.path.abspath(path)), path
+    raise ValueError(f"{path!r} is not a Megatron checkpoint: no latest_checkpointed_iteration.txt "
+                     "and no metadata.json")
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _sources(root: str, directory: str):
+    """Shape, pattern and where the HF config / tokenizer live (the run's pretrained checkpoint
+    when the run directory has none of its own)."""
+    meta = _read_json(os.path.join(directory, "masklm_checkpoint.json"))
+    shape = _read_json(os.path.join(root, "model_shape.json"))
+    if shape is None and meta is not None:
+        shape = meta["run_config"]["model"]
+    if shape is None:
+        raise ValueError(f"no model_shape.json in {root!r}: cannot tell the model's shape")
+    homes = [root]
+    if meta is not None and meta["run_config"]["checkpoint"].get("pretrained_checkpoint"):
+        homes.append(meta["run_config"]["checkpoint"]["pretrained_checkpoint"])
+    hf_config = next((c for c in (_read_json(os.path.join(h, "hf_config.json")) for h in homes) if c),
+                     None)
+    tokenizer = next((os.path.join(h, "tokenizer") for h in homes
+                      if os.path.isdir(os.path.join(h, "tokenizer"))), None)
+    return ModelShape(**shape), (meta or {}).get("pattern"), hf_config, tokenizer
+
+
+def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None) -> LoadedCheckpoint:
+    """Read a checkpoint at TP=1 (resharding from whatever it was saved at), strictly."""
+    root, directory = _resolve(path)
+    shape, pattern, hf_config, tokenizer = _sources(root, directory)
+    hf_vocab = (hf_config or {}).get("vocab_size", shape.vocab_size)
+    with megatron_world_of_one() as (mcore, dist_checkpointing):
+        present = dist_checkpointing.load_tensors_metadata(directory)
+        weight_dtype = dtype or present["embedding.word_embeddings.weight"].dtype
+        config = mcore.build_transformer_config(shape, params_dtype=weight_dtype,
+                                                use_cpu_initialization=True,
+                                                perform_initialization=False)
+        has_logits = any(key.endswith("mask_logits") for key in present)
+        if pattern and not has_logits:
+            raise ValueError(f"{directory!r} says it holds {pattern} masks but has no mask logits")
+        if has_logits:
+            n, m = parse_nm(pattern)
+            model = mcore.build_masked_gpt_model(shape, MaskConfig(n=n, m=m), config=config)
+        else:
+            model = mcore.build_dense_gpt_model(shape, config=config)
+        state = model.sharded_state_dict()
+        missing = sorted({sh.key for sh in _sharded(state)} - set(present))
+        if missing:
+            raise ValueError(f"{directory!r} does not match model_shape.json: missing {missing[:3]}")
+        loaded = dist_checkpointing.load(state, directory)  # also returns the common state
+        model.load_state_dict({key: loaded[key] for key in state}, strict=True)
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        layer_masks = {f"{name}.weight": layer.hard_mask()
+                       for name, layer in mcore.masked_linears(model)}
+    tensors, masks = {}, {}
+    for pm in param_maps(shape, hf_vocab_size=hf_vocab):
+        tensors.update(zip(pm.hf, pm.to_hf(params[pm.megatron])))
+        if pm.masked and layer_masks:
+            masks.update(zip(pm.hf, pm.to_hf(layer_masks[pm.megatron])))
+    hf_config = hf_config or hf_config_from_shape(shape, vocab_size=hf_vocab,
+                                                  torch_dtype=str(weight_dtype).replace("torch.", ""))
+    return LoadedCheckpoint(tensors, masks, pattern if has_logits else None, hf_config, tokenizer)
+
+
+def _sharded(state):
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    return [v for v in nested_values(state) if isinstance(v, (ShardedTensor, ShardedTensorFactory))]
+
+
+def convert_megatron_to_hf(checkpoint: str, output: str, *, apply_masks: bool = False,
+                           dtype: Optional[torch.dtype] = None, overwrite: bool = False,
+                           max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
+    """Write ``output``: safetensors + config.json + tokenizer, loadable by AutoModelForCausalLM.
+
+    With ``apply_masks`` the masked weights are multiplied by the argmax masks (dense tensors
+    with exact N:M zeros); the checkpoint must then hold mask logits.
+    """
+    loaded = load_megatron_checkpoint(checkpoint, dtype=dtype)
+    if apply_masks and not loaded.masks:
+        raise ValueError(f"{checkpoint!r} has no mask logits: nothing to apply (drop --apply-masks)")
+    tensors = dict(loaded.tensors)
+    if dtype is not None:  # norms are built fp32 on CPU whatever params_dtype says
+        tensors = {name: tensor.to(dtype) for name, tensor in tensors.items()}
+    if apply_masks:
+        for name, mask in loaded.masks.items():
+            tensors[name] = tensors[name] * mask.to(tensors[name].dtype)
+    with atomic_output_dir(output, overwrite=overwrite) as tmp:
+        write_safetensors(tmp, tensors, max_shard_bytes=max_shard_bytes)
+        config = {k: v for k, v in loaded.hf_config.items() if not k.startswith("_")}
+        written = str(next(iter(tensors.values())).dtype).replace("torch.", "")
+        config["dtype"] = config["torch_dtype"] = written  # transformers 5 reads dtype, 4 torch_dtype
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+        if loaded.tokenizer_dir:
+            copy_files(TOKENIZER_FILES, loaded.tokenizer_dir, tmp)
+    return output
+
+
+def write_safetensors(directory: str, tensors: Dict[str, torch.Tensor], *,
+                      max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+    """HF's layout: one model.safetensors, or numbered shards plus model.safetensors.index.json."""
+    from safetensors.torch import save_file
+
+    shards, current, size = [], {}, 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor.contiguous()
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map, total = {}, 0
+    for index, shard in enumerate(shards, start=1):
+        filename = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(directory, filename), metadata={"format": "pt"})
+        for name, tensor in shard.items():
+            weight_map[name] = filename
+            total += tensor.numel() * tensor.element_size()
+    with open(os.path.join(directory, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

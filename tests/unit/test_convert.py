@@ -1,0 +1,170 @@
+"""HF <-> Megatron conversion in one process: bit-identical round trips, logits equal to
+transformers' LlamaForCausalLM, and clear errors that leave nothing behind."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")  # an install extra ([hf], [test]) in CI
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_llama(directory, *, tied=False, rope_scaling=None, seed=0, **overrides):
+    """A random LLaMA (GQA 4/2, SwiGLU) saved by transformers itself."""
+    config = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  tie_word_embeddings=tied, rms_norm_eps=1e-5, rope_theta=5000.0,
+                  rope_scaling=rope_scaling)
+    config.update(overrides)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()
+    model.save_pretrained(directory)
+    (directory / "tokenizer.json").write_text('{"fake": "tokenizer"}')
+    return model
+
+
+def megatron_logits(checkpoint_dir, tokens):
+    """Logits of the converted checkpoint loaded into a Megatron GPTModel (world of one)."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_masklm.convert.output import megatron_world_of_one
+
+    shape = json.load(open(os.path.join(checkpoint_dir, "model_shape.json")))
+    with megatron_world_of_one() as (mcore, _):
+        shape = mcore.ModelShape(**shape)
+        model = mcore.build_dense_gpt_model(shape, config=mcore.build_transformer_config(shape))
+        state = dist_checkpointing.load(model.sharded_state_dict(), os.path.join(checkpoint_dir, "release"))
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+        with torch.no_grad():
+            return model(tokens, positions, None)
+
+
+def _leftovers(parent):
+    return sorted(name for name in os.listdir(parent) if ".tmp-" in name)
+
+
+@pytest.mark.parametrize("variant", [
+    dict(), dict(tied=True), dict(rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                "original_max_position_embeddings": 8192})])
+def test_round_trip_is_bit_identical_and_logits_match(tmp_path, variant):
+    from megatron_masklm.convert import convert_hf_to_megatron, convert_megatron_to_hf
+
+    hf_dir, mg_dir, back = tmp_path / "hf", tmp_path / "mg", tmp_path / "back"
+    reference = tiny_llama(hf_dir, **variant)
+    convert_hf_to_megatron(str(hf_dir), str(mg_dir), tensor_model_parallel_size=2,
+                           dtype="float32", make_vocab_size_divisible_by=16, progress=False)
+    assert json.load(open(mg_dir / "model_shape.json"))["vocab_size"] == 128  # padded for TP 2
+    assert (mg_dir / "tokenizer" / "tokenizer.json").exists()
+    convert_megatron_to_hf(str(mg_dir), str(back))
+    original, returned = load_file(hf_dir / "model.safetensors"), load_file(back / "model.safetensors")
+    assert sorted(original) == sorted(returned)
+    for name in original:
+        assert torch.equal(original[name], returned[name]), name
+    assert (back / "tokenizer.json").read_text() == '{"fake": "tokenizer"}'
+
+    tokens = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(tokens).logits
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(back).eval()(tokens).logits
+    torch.testing.assert_close(reloaded, expected, rtol=0, atol=0)
+    ours = megatron_logits(str(mg_dir), tokens)[..., :100]
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def _source_state(hf_dir):
+    return load_file(hf_dir / "model.safetensors")
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("architecture", "architecture 'GPT2LMHeadModel'"),
+    ("activation", "hidden_act='gelu'"),
+    ("missing", "missing 1 tensors the config needs, e.g. ['model.layers.1.mlp.up_proj.weight']"),
+    ("shape", "do not match config.json"),
+    ("truncated", "truncated, corrupt or not a checkpoint"),
+    ("extra", "q_proj.bias"),
+])
+def test_bad_checkpoints_are_refused_without_output(tmp_path, breakage, message):
+    from megatron_masklm.convert import convert_hf_to_megatron
+
+    hf_dir = tmp_path / "hf"
+    tiny_llama(hf_dir)
+    config = json.load(open(hf_dir / "config.json"))
+    weights = hf_dir / "model.safetensors"
+    if breakage == "architecture":
+        config["architectures"] = ["GPT2LMHeadModel"]
+    elif breakage == "activation":
+        config["hidden_act"] = "gelu"
+    elif breakage == "shape":
+        config["intermediate_size"] = 128
+    elif breakage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif breakage in ("missing", "extra"):
+        state = _source_state(hf_dir)
+        if breakage == "missing":
+            del state["model.layers.1.mlp.up_proj.weight"]
+        else:
+            state["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
+        save_file(state, weights, metadata={"format": "pt"})
+    json.dump(config, open(hf_dir / "config.json", "w"))
+    with pytest.raises(ValueError) as error:
+        convert_hf_to_megatron(str(hf_dir), str(tmp_path / "out"), progress=False)
+    assert message in str(error.value)
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_target_sizes_are_checked_and_existing_output_kept(tmp_path):
+    from megatron_masklm.convert import convert_hf_to_megatron
+
+    hf_dir = tmp_path / "hf"
+    tiny_llama(hf_dir)
+    with pytest.raises(ValueError, match="num_query_groups 2 is not divisible by tensor-parallel size 4"):
+        convert_hf_to_megatron(str(hf_dir), str(tmp_path / "out"), tensor_model_parallel_size=4,
+                               progress=False)
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ValueError, match="exists"):
+        convert_hf_to_megatron(str(hf_dir), str(tmp_path / "taken"), progress=False)
+
+
+def test_qkv_fusion_matches_an_independent_per_head_layout():
+    from megatron_masklm.convert import fuse_qkv, split_qkv
+    from megatron_masklm.mcore.model import ModelShape
+
+    shape = ModelShape(num_layers=1, hidden_size=24, ffn_hidden_size=8, num_attention_heads=6,
+                       num_query_groups=2, vocab_size=8)
+    head_dim, per_group = 4, 3
+    q, k, v = torch.randn(24, 24), torch.randn(8, 24), torch.randn(8, 24)
+    rows = []  # Megatron: for each query group g, its query heads, then k_g, then v_g
+    for g in range(2):
+        for h in range(g * per_group, (g + 1) * per_group):
+            rows.append(q[h * head_dim:(h + 1) * head_dim])
+        rows += [k[g * head_dim:(g + 1) * head_dim], v[g * head_dim:(g + 1) * head_dim]]
+    expected = torch.cat(rows)
+    assert torch.equal(fuse_qkv(q, k, v, shape=shape), expected)
+    assert all(torch.equal(a, b) for a, b in zip(split_qkv(expected, shape=shape), (q, k, v)))
+
+
+def test_cli_exit_codes(tmp_path):
+    hf_dir = tmp_path / "hf"
+    tiny_llama(hf_dir)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    run = [sys.executable, os.path.join(ROOT, "tools", "convert_hf_to_megatron.py"),
+           "--load-dir", str(hf_dir), "--save-dir", str(tmp_path / "mg"), "--no-progress"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 1 and "error:" in proc.stderr and "exists" in proc.stderr
+    back = [sys.executable, os.path.join(ROOT, "tools", "convert_megatron_to_hf.py"),
+            "--load-dir", str(tmp_path / "mg"), "--save-dir", str(tmp_path / "back"),
+            "--apply-masks"]
+    proc = subprocess.run(back, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 1 and "no mask logits" in proc.stderr
+    assert not (tmp_path / "back").exists()

@@ -1,0 +1,39 @@
+"""Convert a Megatron-Core checkpoint (any TP/PP; dense, or with mask logits) to a Hugging Face
+directory (safetensors + config.json + tokenizer) that AutoModelForCausalLM loads.
+
+    python tools/convert_megatron_to_hf.py --load-dir RUN_OR_CKPT_DIR --save-dir HF_OUT \
+        [--apply-masks] [--dtype bfloat16]
+"""
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--load-dir", required=True,
+                        help="run or converted directory (with latest_checkpointed_iteration.txt) "
+                             "or one dist checkpoint directory")
+    parser.add_argument("--save-dir", required=True, help="output directory (must not exist)")
+    parser.add_argument("--apply-masks", action="store_true",
+                        help="multiply masked weights by the argmax N:M masks (needs mask logits)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="weight dtype (default: the checkpoint's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-dir")
+    args = parser.parse_args(argv)
+    import torch
+
+    from megatron_masklm.convert import convert_megatron_to_hf
+
+    try:
+        out = convert_megatron_to_hf(args.load_dir, args.save_dir, apply_masks=args.apply_masks,
+                                     dtype=getattr(torch, args.dtype) if args.dtype else None,
+                                     overwrite=args.overwrite)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":  # required: the dist-checkpoint reader may re-import __main__
+    sys.exit(main())
