@@ -168,3 +168,21 @@ def test_cli_exit_codes(tmp_path):
     proc = subprocess.run(back, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 1 and "no mask logits" in proc.stderr
     assert not (tmp_path / "back").exists()
+
+
+def test_bf16_export_and_tokenizer_files(tmp_path):
+    from megatron_masklm.convert import convert_hf_to_megatron, convert_megatron_to_hf
+
+    hf_dir = tmp_path / "hf"
+    tiny_llama(hf_dir, tied=True)
+    (hf_dir / "chat_template.jinja").write_text("{{ messages }}")
+    convert_hf_to_megatron(str(hf_dir), str(tmp_path / "mg"), progress=False)
+    convert_megatron_to_hf(str(tmp_path / "mg"), str(tmp_path / "back"), dtype=torch.bfloat16)
+    state = load_file(tmp_path / "back" / "model.safetensors")
+    assert {t.dtype for t in state.values()} == {torch.bfloat16}  # norms too
+    source = load_file(hf_dir / "model.safetensors")
+    assert all(torch.equal(state[k], source[k].to(torch.bfloat16)) for k in source)
+    config = json.load(open(tmp_path / "back" / "config.json"))
+    assert config["dtype"] == config["torch_dtype"] == "bfloat16"
+    assert not any(key.startswith("_") for key in config)
+    assert (tmp_path / "back" / "chat_template.jinja").read_text() == "{{ messages }}"
