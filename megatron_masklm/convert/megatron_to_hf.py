@@ -87,7 +87,7 @@ def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None) 
         else:
             model = mcore.build_dense_gpt_model(shape, config=config)
         state = model.sharded_state_dict()
-        missing = sorted({sh.key for sh in _sharded(state)} - set(present))
+        missing = sorted(mcore.compat.sharded_tensor_keys(state) - set(present))
         if missing:
             raise ValueError(f"{directory!r} does not match model_shape.json: missing {missing[:3]}")
         loaded = dist_checkpointing.load(state, directory)  # also returns the common state
@@ -103,13 +103,6 @@ def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None) 
     hf_config = hf_config or hf_config_from_shape(shape, vocab_size=hf_vocab,
                                                   torch_dtype=str(weight_dtype).replace("torch.", ""))
     return LoadedCheckpoint(tensors, masks, pattern if has_logits else None, hf_config, tokenizer)
-
-
-def _sharded(state):
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
-
-    return [v for v in nested_values(state) if isinstance(v, (ShardedTensor, ShardedTensorFactory))]
 
 
 def convert_megatron_to_hf(checkpoint: str, output: str, *, apply_masks: bool = False,

@@ -172,3 +172,12 @@ def load_optimizer_state_dict(optimizer, state_dict) -> None:
         for state in (inner.state.values() if inner is not None else ()):
             if torch.is_tensor(state.get("step")):
                 state["step"] = state["step"].clone()
+
+
+def sharded_tensor_keys(state) -> set:
+    """Checkpoint keys of every ShardedTensor (and tensor factory) in a sharded state dict."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    return {value.key for value in nested_values(state)
+            if isinstance(value, (ShardedTensor, ShardedTensorFactory))}

@@ -203,25 +203,13 @@ def _check_compatible(meta: Dict[str, Any], run_config: RunConfig, directory: st
 def _check_tensors_present(state: Dict[str, Any], directory: str, *, what: str) -> None:
     """Every ShardedTensor the model asks for must be in the checkpoint (else a clear error)."""
     present = set(dist_checkpointing.load_tensors_metadata(directory))
-    wanted = [sh.key for sh in _sharded_tensors(state)]
-    missing = sorted({key for key in wanted if key not in present})
+    missing = sorted(compat.sharded_tensor_keys(state) - present)
     if missing:
         logits = [key for key in missing if key.endswith(LOGITS_SUFFIX)]
         detail = (f"it has no mask logits for {len(logits)} of the model's masked weights "
                   f"(e.g. {logits[0]!r})"
                   if logits else f"{len(missing)} tensors are missing (e.g. {missing[:3]})")
         raise ValueError(f"{what} {directory!r} does not match this model: {detail}")
-
-
-def _sharded_tensors(state):
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
-
-    for value in nested_values(state):
-        if isinstance(value, ShardedTensor):
-            yield value
-        elif isinstance(value, ShardedTensorFactory):
-            yield value  # its key is the tensor's key; the factory builds the pieces
 
 
 def load_checkpoint(directory: str, *, model, optimizer, scheduler,
