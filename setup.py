@@ -24,13 +24,14 @@ setup(
         "psutil",  # megatron's dist_checkpointing save needs it at run time
         "sentencepiece",
         "tokenizers",  # Hugging Face tokenizer.json files (LLaMA-3, SmolLM2) without transformers
+        "safetensors",  # HF checkpoints in and out, mask tools
         "pyyaml",  # --config files for training
         "tqdm",  # progress bars in the tools
     ],
     extras_require={
         "hf": ["transformers", "safetensors", "gguf", "accelerate"],
         "plot": ["matplotlib"],
-        "test": ["pytest>=8", "pytest-timeout", "matplotlib", "transformers", "safetensors"],
+        "test": ["pytest>=8", "pytest-timeout", "matplotlib", "transformers"],
     },
     entry_points={"console_scripts": ["megatron-masklm-train = megatron_masklm.train:main"]},
     license="Apache-2.0",
