@@ -1,0 +1,118 @@
+"""One-shot N:M pruning against hand-computed cases and an independent textbook OBS reference."""
+import pytest
+import torch
+
+from megatron_masklm.masking import is_exact_nm
+from megatron_masklm.oneshot import (InputStatistics, magnitude_mask, nm_keep_mask, sparsegpt,
+                                     wanda_mask)
+
+
+def test_magnitude_by_hand_with_ties_keeping_the_lower_index():
+    weight = torch.tensor([[0.1, -0.9, 0.5, 0.2, 1.0, 1.0, 1.0, -1.0]])
+    expected = torch.tensor([[False, True, True, False, True, True, False, False]])
+    assert torch.equal(magnitude_mask(weight, 2, 4), expected)
+    assert torch.equal(magnitude_mask(weight, 1, 4),
+                       torch.tensor([[False, True, False, False, True, False, False, False]]))
+
+
+def test_wanda_by_hand_input_norms_change_the_choice():
+    weight = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    sq_norms = torch.tensor([100.0, 1.0, 1.0, 0.25])  # ||x|| = 10, 1, 1, 0.5
+    # |w| * ||x||: 10, 2, 3, 2 -> keep inputs 0 and 2 (magnitude would keep 2 and 3)
+    assert torch.equal(wanda_mask(weight, sq_norms, 2, 4), torch.tensor([[True, False, True, False]]))
+    assert torch.equal(magnitude_mask(weight, 2, 4), torch.tensor([[False, False, True, True]]))
+    with pytest.raises(ValueError, match="inputs"):
+        wanda_mask(weight, torch.ones(3), 2, 4)
+
+
+def test_statistics_match_the_direct_sums():
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(3, 5, 8, generator=gen) for _ in range(4)]
+    stats = InputStatistics(8)
+    for x in batches:
+        stats.add(x)
+    X = torch.cat([x.reshape(-1, 8) for x in batches]).double()
+    torch.testing.assert_close(stats.sq_norms.double(), X.pow(2).sum(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats.hessian.double(), 2 * X.t() @ X / X.shape[0], rtol=1e-5, atol=1e-5)
+    assert stats.tokens == 60
+
+
+def _reference_sparsegpt(W, H, n, m, percdamp):
+    """Textbook sequential OBS: for each column, the inverse of the Hessian restricted to the
+    columns not yet processed, inverted directly (no Cholesky trick, no blocks)."""
+    W, H = W.double().clone(), H.double().clone()
+    H += percdamp * torch.diagonal(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    cols = W.shape[1]
+    keep = torch.ones_like(W, dtype=torch.bool)
+    for i in range(cols):
+        inverse = torch.linalg.inv(H[i:, i:])
+        if i % m == 0:
+            d2 = torch.tensor([torch.linalg.inv(H[j:, j:])[0, 0] for j in range(i, i + m)],
+                              dtype=W.dtype)
+            scores = W[:, i:i + m] ** 2 / d2
+            keep[:, i:i + m] = nm_keep_mask(scores, n, m)
+        q = torch.where(keep[:, i], W[:, i], torch.zeros_like(W[:, i]))
+        error = (W[:, i] - q) / inverse[0, 0]
+        W[:, i:] -= error.unsqueeze(1) * inverse[0].unsqueeze(0)
+        W[:, i] = q
+    return keep, W
+
+
+@pytest.mark.parametrize("n, m, blocksize", [(2, 4, 8), (1, 4, 4), (2, 4, 128), (4, 8, 16)])
+def test_sparsegpt_equals_sequential_obs(n, m, blocksize):
+    gen = torch.Generator().manual_seed(n * 10 + m)
+    W = torch.randn(6, 32, generator=gen)
+    X = torch.randn(200, 32, generator=gen) * torch.linspace(0.2, 3.0, 32)
+    H = 2 * X.t() @ X / X.shape[0]
+    keep, updated = sparsegpt(W, H, n, m, blocksize=blocksize, percdamp=0.01)
+    ref_keep, ref_W = _reference_sparsegpt(W, H, n, m, 0.01)
+    assert torch.equal(keep, ref_keep)
+    torch.testing.assert_close(updated.double(), ref_W, rtol=1e-4, atol=1e-4)
+    assert is_exact_nm(keep, n, m) and torch.all(updated[~keep] == 0)
+    mask_only, none = sparsegpt(W, H, n, m, blocksize=blocksize, update=False)
+    assert none is None and torch.equal(mask_only, keep)
+
+
+def test_reconstruction_error_sparsegpt_le_wanda_le_magnitude_with_outlier_channels():
+    gen = torch.Generator().manual_seed(5)
+    rows, inputs, tokens = 64, 128, 1024
+    W = torch.randn(rows, inputs, generator=gen)
+    scale = torch.ones(inputs)
+    scale[torch.randperm(inputs, generator=gen)[:6]] = 25.0  # a few outlier input channels
+    mixing = torch.eye(inputs) + 0.3 * torch.randn(inputs, inputs, generator=gen) / inputs ** 0.5
+    X = (torch.randn(tokens, inputs, generator=gen) @ mixing) * scale  # correlated, like activations
+    stats = InputStatistics(inputs)
+    stats.add(X)
+
+    def error(weight):
+        return float(((W - weight) @ X.t()).pow(2).sum())
+
+    magnitude = error(W * magnitude_mask(W, 2, 4))
+    wanda = error(W * wanda_mask(W, stats.sq_norms, 2, 4))
+    _, updated = sparsegpt(W, stats.hessian, 2, 4)
+    assert error(updated) <= wanda <= magnitude, (error(updated), wanda, magnitude)
+    assert error(updated) < 0.95 * wanda and wanda < 0.5 * magnitude  # clearly, not by noise
+
+
+def test_every_method_is_exactly_nm_and_deterministic():
+    gen = torch.Generator().manual_seed(2)
+    W = torch.randn(16, 64, generator=gen).round(decimals=1)  # many ties
+    X = torch.randn(100, 64, generator=gen)
+    H, sq = 2 * X.t() @ X / 100, X.pow(2).sum(0)
+    for n, m in ((2, 4), (1, 4), (3, 8)):
+        masks = [magnitude_mask(W, n, m), wanda_mask(W, sq, n, m), sparsegpt(W, H, n, m)[0]]
+        for mask in masks:
+            assert is_exact_nm(mask, n, m)
+        assert torch.equal(magnitude_mask(W, n, m), masks[0])
+        assert torch.equal(sparsegpt(W, H, n, m)[0], masks[2])
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="divisible"):
+        magnitude_mask(torch.randn(2, 6), 2, 4)
+    with pytest.raises(ValueError, match="Hessian of shape"):
+        sparsegpt(torch.randn(2, 8), torch.eye(4), 2, 4)
+    with pytest.raises(ValueError, match="blocksize 6"):
+        sparsegpt(torch.randn(2, 8), torch.eye(8), 2, 4, blocksize=6)
+    with pytest.raises(ValueError, match="positive definite"):
+        sparsegpt(torch.randn(2, 8), -torch.eye(8), 2, 4, percdamp=0.0)
