@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from .hf_config import shape_from_hf_config
 from .name_map import param_maps
-from .output import atomic_output_dir, megatron_world_of_one
+from ..fileio import atomic_output_dir
+from .output import megatron_world_of_one
 from .sources import HFCheckpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -11,7 +11,8 @@ from ..masking import MaskConfig, parse_nm
 from ..mcore.model import ModelShape
 from .hf_config import hf_config_from_shape
 from .name_map import param_maps
-from .output import atomic_output_dir, megatron_world_of_one
+from ..fileio import atomic_output_dir
+from .output import megatron_world_of_one
 from .sources import TOKENIZER_FILES, copy_files
 
 MAX_SHARD_BYTES = 5 * 2**30

@@ -1,28 +1,5 @@
-"""What every converter shares: an output directory that appears whole or not at all, and a
-single-process Megatron world to build models in."""
+"""A single-process Megatron world for the converters to build models in."""
 import contextlib
-import os
-import shutil
-import tempfile
-
-
-@contextlib.contextmanager
-def atomic_output_dir(output: str, *, overwrite: bool = False):
-    """Yield a temporary sibling of ``output``; rename it to ``output`` only on success."""
-    output = os.path.abspath(output)
-    if os.path.exists(output) and not overwrite:
-        raise ValueError(f"{output!r} exists: pick a new output directory or pass --overwrite")
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(output) + ".tmp-", dir=parent)
-    try:
-        yield tmp
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ time, applying holds one shard. Mask files are either format of :mod:`megatron_m
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -16,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..fileio import atomic_output_dir
 from ..masking.candidates import parse_nm
 from ..masking.compact import PackedMasks, read_packed_masks
 from ..masking.nm import group_counts
@@ -213,16 +213,10 @@ def apply_masks_to_hf_dir(hf_dir: str, masks_path: str, output: str, *,
     masks = read_packed_masks(masks_path)
     nm = _resolve_pattern(pattern, masks.nm)
     _match_masks(masks, shapes, allow_missing=allow_missing)
-    parent, base = os.path.split(os.path.abspath(output))
-    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-    try:
+    with atomic_output_dir(output, overwrite=True) as tmp:  # _check_output refused the rest
         _copy_other_files(hf_dir, tmp)
         for file in safetensors_files(hf_dir):
             _write_masked_shard(file, os.path.join(tmp, os.path.basename(file)), masks, nm)
-        _move_into_place(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return sorted(masks.packed)
 
 
@@ -279,18 +273,3 @@ def _write_masked_shard(source: str, target: str, masks: PackedMasks, nm: Tuple[
             tensors[name] = tensor
     save_file(tensors, target, metadata=metadata)
 
-
-def _move_into_place(tmp: str, output: str) -> None:
-    if not os.path.lexists(output):
-        os.replace(tmp, output)
-        return
-    parent, base = os.path.split(os.path.abspath(output))
-    old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-    os.replace(output, os.path.join(old, base))  # keep it until the new one is in place
-    try:
-        os.replace(tmp, output)
-    except BaseException:
-        os.replace(os.path.join(old, base), output)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)

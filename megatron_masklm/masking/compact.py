@@ -24,7 +24,6 @@ A 2:4 mask costs 3 bits per 4 weights (0.75 bits/weight, vs log2(6)/4 = 0.65 in 
 1 bit/weight for the released "npz-bits" format of :mod:`.packing`).
 """
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from ..fileio import atomic_savez
 from .candidates import nm_candidates, num_candidates, validate_nm
 from .packing import MASK_SUFFIX, unpack_mask
 
@@ -143,22 +143,7 @@ def save_masks_compact(path: str, masks: Dict[str, torch.Tensor], *, n: int, m: 
             raise ValueError(f"mask {name!r}: {error}") from None
         entries[name + ".idx"] = pack_indices(indices.numpy(), bits)
         entries[name + ".shape"] = np.array(tuple(mask.shape), dtype=np.int64)
-    _atomic_savez(path, entries)
-
-
-def _atomic_savez(path: str, entries: Dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **entries)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a mask file is shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_savez(path, entries)
 
 
 @dataclass

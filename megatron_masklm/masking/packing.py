@@ -1,12 +1,12 @@
 """Hard masks <-> packed bits, and the released-mask .npz format (SPEC section 5)."""
-import os
-import tempfile
 import zipfile
 import zlib
 from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
+
+from ..fileio import atomic_savez
 
 MASK_SUFFIX = ".mask"
 
@@ -34,24 +34,7 @@ def unpack_mask(packed: np.ndarray, shape: Tuple[int, ...]) -> torch.Tensor:
 def save_masks_npz(path: str, masks: Dict[str, torch.Tensor]) -> None:
     """Write ``{param name: keep-mask}`` as ``<name>.mask`` packed entries, atomically."""
     entries = {name + MASK_SUFFIX: pack_mask(mask) for name, mask in masks.items()}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **entries)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; a mask file is shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
+    atomic_savez(path, entries)
 
 def load_masks_npz(path: str, shapes: Dict[str, Tuple[int, ...]], *,
                    only: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
