@@ -29,7 +29,7 @@ class LoadedCheckpoint:
     tokenizer_dir: Optional[str]
 
 
-def _resolve(path: str):
+def resolve_checkpoint(path: str):
     """(root dir, dist checkpoint dir) for a run/converted dir or a dist checkpoint dir."""
     from ..training.checkpointing import latest_checkpoint
 
@@ -49,7 +49,7 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
         return json.load(handle)
 
 
-def _sources(root: str, directory: str):
+def checkpoint_sources(root: str, directory: str):
     """Shape, pattern and where the HF config / tokenizer live (the run's pretrained checkpoint
     when the run directory has none of its own)."""
     meta = _read_json(os.path.join(directory, "masklm_checkpoint.json"))
@@ -70,8 +70,8 @@ def _sources(root: str, directory: str):
 
 def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None) -> LoadedCheckpoint:
     """Read a checkpoint at TP=1 (resharding from whatever it was saved at), strictly."""
-    root, directory = _resolve(path)
-    shape, pattern, hf_config, tokenizer = _sources(root, directory)
+    root, directory = resolve_checkpoint(path)
+    shape, pattern, hf_config, tokenizer = checkpoint_sources(root, directory)
     hf_vocab = (hf_config or {}).get("vocab_size", shape.vocab_size)
     with megatron_world_of_one() as (mcore, dist_checkpointing):
         present = dist_checkpointing.load_tensors_metadata(directory)
@@ -96,14 +96,25 @@ def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None) 
         params = {name: p.detach() for name, p in model.named_parameters()}
         layer_masks = {f"{name}.weight": layer.hard_mask()
                        for name, layer in mcore.masked_linears(model)}
-    tensors, masks = {}, {}
-    for pm in param_maps(shape, hf_vocab_size=hf_vocab):
-        tensors.update(zip(pm.hf, pm.to_hf(params[pm.megatron])))
-        if pm.masked and layer_masks:
-            masks.update(zip(pm.hf, pm.to_hf(layer_masks[pm.megatron])))
+    tensors = to_hf_tensors(params, shape, hf_vocab_size=hf_vocab)
+    masks = to_hf_tensors(layer_masks, shape, hf_vocab_size=hf_vocab, masked_only=True)
     hf_config = hf_config or hf_config_from_shape(shape, vocab_size=hf_vocab,
                                                   torch_dtype=str(weight_dtype).replace("torch.", ""))
     return LoadedCheckpoint(tensors, masks, pattern if has_logits else None, hf_config, tokenizer)
+
+
+def to_hf_tensors(tensors: Dict[str, torch.Tensor], shape: ModelShape, *, hf_vocab_size: int,
+                  masked_only: bool = False) -> Dict[str, torch.Tensor]:
+    """Unsharded Megatron tensors (parameters, or keep-masks of the masked weights) keyed by
+    Megatron name -> the same under HF names (q/k/v and gate/up split apart)."""
+    if not tensors:
+        return {}
+    out = {}
+    for pm in param_maps(shape, hf_vocab_size=hf_vocab_size):
+        if masked_only and not pm.masked:
+            continue
+        out.update(zip(pm.hf, pm.to_hf(tensors[pm.megatron])))
+    return out
 
 
 def convert_megatron_to_hf(checkpoint: str, output: str, *, apply_masks: bool = False,
@@ -123,15 +134,24 @@ def convert_megatron_to_hf(checkpoint: str, output: str, *, apply_masks: bool = 
     if apply_masks:
         for name, mask in loaded.masks.items():
             tensors[name] = tensors[name] * mask.to(tensors[name].dtype)
+    return write_hf_dir(output, tensors, loaded.hf_config, loaded.tokenizer_dir,
+                        overwrite=overwrite, max_shard_bytes=max_shard_bytes)
+
+
+def write_hf_dir(output: str, tensors: Dict[str, torch.Tensor], hf_config: Dict[str, Any],
+                 tokenizer_dir: Optional[str], *, overwrite: bool = False,
+                 max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
+    """Write a HF checkpoint directory (safetensors, config.json with the tensors' dtype,
+    tokenizer files), all at once or not at all."""
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
         write_safetensors(tmp, tensors, max_shard_bytes=max_shard_bytes)
-        config = {k: v for k, v in loaded.hf_config.items() if not k.startswith("_")}
+        config = {k: v for k, v in hf_config.items() if not k.startswith("_")}
         written = str(next(iter(tensors.values())).dtype).replace("torch.", "")
         config["dtype"] = config["torch_dtype"] = written  # transformers 5 reads dtype, 4 torch_dtype
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
-        if loaded.tokenizer_dir:
-            copy_files(TOKENIZER_FILES, loaded.tokenizer_dir, tmp)
+        if tokenizer_dir:
+            copy_files(TOKENIZER_FILES, tokenizer_dir, tmp)
     return output
 
 

@@ -12,7 +12,7 @@ import json
 import numbers
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 NO_PAD = -1
 """The pad id when a tokenizer has no dedicated pad token (megatron's _PAD_TOKEN_ID)."""
@@ -151,6 +151,18 @@ def build_tokenizer(tokenizer_type: str, *, tokenizer_model: Optional[str] = Non
         raise ValueError(f"{tokenizer_type} needs tokenizer_model (--tokenizer-model), got "
                          f"{tokenizer_model!r}")
     return _TOKENIZER_TYPES[tokenizer_type](tokenizer_model, vocab_size)
+
+
+def saved_tokenizer(directory: str, *, kind: Optional[str] = None) -> Optional[Tuple[str, str]]:
+    """(tokenizer type, model path) of the tokenizer a converted checkpoint keeps in
+    ``directory`` (its ``tokenizer/``), preferring ``tokenizer.json``; None if there is none
+    (of type ``kind``, when given)."""
+    for filename, found in (("tokenizer.json", "HuggingFaceTokenizer"),
+                            ("tokenizer.model", "SentencePieceTokenizer")):
+        path = os.path.join(directory, filename)
+        if os.path.exists(path) and kind in (None, found):
+            return found, path
+    return None
 
 
 def _readable_file(path: str, kind: str, what: str) -> str:

@@ -34,6 +34,25 @@ def global_weight_shape(layer: MaskedLinearMixin) -> Tuple[int, ...]:
     return tuple(shape)
 
 
+def shard_global_tensor(tensor: torch.Tensor, *, axis: int, stride: int, world: int,
+                        rank: int) -> torch.Tensor:
+    """Rank ``rank``'s slice of an unsharded tensor split over ``world`` ranks along ``axis``;
+    with ``stride`` 2 (a GLU fc1, [gate; up]) each rank holds its part of every half."""
+    pieces = tensor.chunk(world * stride, dim=axis)
+    return torch.cat(pieces[rank::world], dim=axis)
+
+
+def gather_global_tensor(local: torch.Tensor, *, axis: int, stride: int, group) -> torch.Tensor:
+    """Inverse of :func:`shard_global_tensor`: every rank of ``group`` gets the whole tensor."""
+    world = group.size() if group is not None else 1
+    if world == 1:
+        return local.clone()
+    shards = [torch.empty_like(local) for _ in range(world)]
+    torch.distributed.all_gather(shards, local.contiguous(), group=group)
+    parts = [shard.chunk(stride, dim=axis) for shard in shards]
+    return torch.cat([parts[r][s] for s in range(stride) for r in range(world)], dim=axis)
+
+
 def shard_global_mask(mask: torch.Tensor, layer: MaskedLinearMixin) -> torch.Tensor:
     """This rank's slice of an unsharded mask, laid out like ``layer``'s weight shard."""
     axis, stride, world, rank = _split(layer)
@@ -41,23 +60,29 @@ def shard_global_mask(mask: torch.Tensor, layer: MaskedLinearMixin) -> torch.Ten
     if tuple(mask.shape) != expected:
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit a weight of global "
                          f"shape {expected}")
-    pieces = mask.chunk(world * stride, dim=axis)
-    return torch.cat(pieces[rank::world], dim=axis)
+    return shard_global_tensor(mask, axis=axis, stride=stride, world=world, rank=rank)
+
+
+def global_name(name: str, owners: Dict[str, int]) -> str:
+    """``name`` (a module in decoder layer ``<local i>``) renamed to its global layer number;
+    ``owners`` maps each TransformerLayer's module name to its 0-based global index."""
+    match = _LAYER_INDEX.match(name)
+    owner = next((prefix for prefix in owners if name.startswith(prefix + ".")), None)
+    if match is None or owner is None:
+        return name
+    return f"{match.group(1)}{owners[owner]}{match.group(3)}"
+
+
+def layer_owners(model: torch.nn.Module) -> Dict[str, int]:
+    """TransformerLayer module name -> its 0-based global layer index."""
+    return {name: module.layer_number - 1 for name, module in model.named_modules()
+            if isinstance(module, TransformerLayer)}
 
 
 def global_layer_names(model: torch.nn.Module) -> Dict[str, str]:
     """Masked layer module name -> its global name (pipeline stages renumber their layers)."""
-    numbers = {name: module.layer_number - 1 for name, module in model.named_modules()
-               if isinstance(module, TransformerLayer)}
-    names = {}
-    for name, _ in masked_linears(model):
-        match = _LAYER_INDEX.match(name)
-        owner = next((prefix for prefix in numbers if name.startswith(prefix + ".")), None)
-        if match is None or owner is None:
-            names[name] = name
-        else:
-            names[name] = f"{match.group(1)}{numbers[owner]}{match.group(3)}"
-    return names
+    owners = layer_owners(model)
+    return {name: global_name(name, owners) for name, _ in masked_linears(model)}
 
 
 def _all_global_shapes(model: torch.nn.Module, num_layers: int) -> Dict[str, Tuple[int, ...]]:

@@ -200,13 +200,12 @@ def _resolve_tokenizer(sections: Dict[str, Dict[str, Any]], pretrained: Optional
     vocab_size from the tokenizer, padded as Megatron-LM pads it (divisor x TP)."""
     data, model = sections["data"], sections["model"]
     if pretrained and data.get("tokenizer_model") is None:
-        directory = os.path.join(pretrained, "tokenizer")
-        for filename, kind in (("tokenizer.json", "HuggingFaceTokenizer"),
-                               ("tokenizer.model", "SentencePieceTokenizer")):
-            path = os.path.join(directory, filename)
-            if os.path.exists(path) and data.get("tokenizer_type") in (None, kind):
-                data["tokenizer_type"], data["tokenizer_model"] = kind, path
-                break
+        from ..data.tokenizers import saved_tokenizer
+
+        found = saved_tokenizer(os.path.join(pretrained, "tokenizer"),
+                                kind=data.get("tokenizer_type"))
+        if found:
+            data["tokenizer_type"], data["tokenizer_model"] = found
     if "vocab_size" in model or data.get("tokenizer_type") in (None, "NullTokenizer"):
         return
     from ..data import build_tokenizer

@@ -11,21 +11,9 @@ import torch
 transformers = pytest.importorskip("transformers")  # an install extra ([hf], [test]) in CI
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from hf_utils import tiny_llama  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def tiny_llama(directory, *, tied=False, rope_scaling=None, seed=0, **overrides):
-    """A random LLaMA (GQA 4/2, SwiGLU) saved by transformers itself."""
-    config = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                  tie_word_embeddings=tied, rms_norm_eps=1e-5, rope_theta=5000.0,
-                  rope_scaling=rope_scaling)
-    config.update(overrides)
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()
-    model.save_pretrained(directory)
-    (directory / "tokenizer.json").write_text('{"fake": "tokenizer"}')
-    return model
 
 
 def megatron_logits(checkpoint_dir, tokens):

@@ -1,0 +1,294 @@
+"""One-shot N:M pruning of a Megatron checkpoint (any TP) or a HF checkpoint: the prior that
+mask training starts from, and the one-shot baselines it is compared with.
+
+    torchrun --nproc-per-node TP -m megatron_masklm.prune --load CKPT --method sparsegpt \\
+        --calib-text train.txt --output-mask prior.npz
+
+The checkpoint's weights are read, never written: the result is a mask file (global Megatron
+names, unsharded shapes: what ``--prior-mask`` of training reads), optionally the same masks
+under HF names, and optionally new checkpoints holding the pruned weights (with SparseGPT's
+weight update only when ``--update-weights`` is given). Every rank is one tensor-parallel rank.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from .mcore.oneshot import METHODS, PruneConfig
+
+PRUNING_RECORD = "oneshot_pruning.json"
+"""What a pruned checkpoint written here was made with (method, N:M, calibration, update)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI flags."""
+    parser = argparse.ArgumentParser(
+        description="One-shot N:M pruning (magnitude, Wanda, SparseGPT) of a Megatron or HF "
+                    "checkpoint; writes the mask as a prior for training.")
+    source = parser.add_argument_group("source (one of)")
+    source.add_argument("--load", help="Megatron checkpoint: a converted or training run "
+                                       "directory, or a dist checkpoint directory")
+    source.add_argument("--hf-checkpoint", help="HF directory or .gguf file (one process; it is "
+                                                "converted to Megatron at TP=1 in a temp dir)")
+    method = parser.add_argument_group("method")
+    method.add_argument("--method", required=True, choices=METHODS)
+    method.add_argument("--pattern", default="2:4", help="N:M, N kept of every M consecutive inputs")
+    method.add_argument("--percdamp", type=float, default=0.01,
+                        help="SparseGPT Hessian damping, a fraction of its mean diagonal")
+    method.add_argument("--blocksize", type=int, default=128, help="SparseGPT lazy-update block")
+    method.add_argument("--update-weights", action="store_true",
+                        help="SparseGPT: write its reconstructed weights to --save/--save-hf "
+                             "(without it they get the original weights times the mask, "
+                             "as for magnitude and Wanda)")
+    calib = parser.add_argument_group("calibration (Wanda, SparseGPT)")
+    calib.add_argument("--calib-text", help="UTF-8 text file, tokenized whole")
+    calib.add_argument("--calib-data", help="indexed dataset prefix (tools/preprocess_data.py)")
+    calib.add_argument("--calib-samples", type=int, default=128, help="windows to use")
+    calib.add_argument("--seq-length", type=int, default=512, help="tokens per window")
+    calib.add_argument("--micro-batch-size", type=int, default=8, help="windows per layer pass")
+    calib.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer", "SentencePieceTokenizer",
+                                                     "NullTokenizer"],
+                       help="default: the tokenizer saved with the checkpoint (NullTokenizer: "
+                            "text of integer ids)")
+    calib.add_argument("--tokenizer-model", help="tokenizer file or directory")
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--output-mask", required=True,
+                     help="mask .npz under global Megatron names (training's --prior-mask)")
+    out.add_argument("--hf-masks", help="also write the masks under HF names "
+                                        "(tools/apply_masks.py reads them)")
+    out.add_argument("--save", help="write a Megatron checkpoint with the pruned weights")
+    out.add_argument("--save-hf", help="write a HF directory with the pruned weights (TP=1)")
+    out.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    out.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _check_args(args) -> None:
+    if bool(args.load) == bool(args.hf_checkpoint):
+        raise ValueError("pass exactly one of --load (Megatron) and --hf-checkpoint (HF)")
+    if args.update_weights and args.method != "sparsegpt":
+        raise ValueError(f"--update-weights is SparseGPT's weight update; {args.method} has none")
+    if args.update_weights and not (args.save or args.save_hf):
+        raise ValueError("--update-weights asks for the updated weights: pass --save or --save-hf "
+                         "to say where to write them")
+    if args.method != "magnitude" and bool(args.calib_text) == bool(args.calib_data):
+        raise ValueError(f"{args.method} needs calibration data: pass one of --calib-text and "
+                         "--calib-data")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.hf_checkpoint and world != 1:
+        raise ValueError(f"--hf-checkpoint runs in one process, not {world}: convert with "
+                         "tools/convert_hf_to_megatron.py first and pass --load under torchrun")
+    if args.save_hf and world != 1:
+        raise ValueError(f"--save-hf writes from one process, not {world}: pass --save and "
+                         "convert it with tools/convert_megatron_to_hf.py")
+    for path in filter(None, (args.output_mask, args.hf_masks, args.save, args.save_hf)):
+        if os.path.lexists(path) and not args.overwrite:
+            raise ValueError(f"{path!r} exists: pick a new output or pass --overwrite")
+
+
+def _calibration(args, tokenizer_dir: Optional[str], vocab_size: int) -> Optional[torch.Tensor]:
+    from .data.calibration import indexed_windows, text_windows
+    from .data.tokenizers import build_tokenizer, saved_tokenizer
+
+    if args.method == "magnitude":
+        return None
+    if args.calib_data:
+        return indexed_windows(args.calib_data, seq_length=args.seq_length,
+                               num_samples=args.calib_samples)
+    kind, model = args.tokenizer_type, args.tokenizer_model
+    if kind == "NullTokenizer":
+        tokenizer = build_tokenizer(kind, vocab_size=vocab_size)
+        return text_windows(args.calib_text, tokenizer, seq_length=args.seq_length,
+                            num_samples=args.calib_samples)
+    if model is None:
+        found = saved_tokenizer(tokenizer_dir, kind=kind) if tokenizer_dir else None
+        if found is None:
+            raise ValueError("the checkpoint keeps no tokenizer/ directory: pass "
+                             "--tokenizer-type and --tokenizer-model for --calib-text")
+        kind, model = found
+    tokenizer = build_tokenizer(kind or "HuggingFaceTokenizer", tokenizer_model=model)
+    return text_windows(args.calib_text, tokenizer, seq_length=args.seq_length,
+                        num_samples=args.calib_samples)
+
+
+def _build_and_load(shape, directory: str):
+    """Dense GPTModel at TP = world size, fp32 (pruning maths and the layer passes in fp32),
+    loaded strictly from ``directory``."""
+    from megatron.core import dist_checkpointing
+
+    from . import mcore
+    from .training.checkpointing import load_dense_weights
+
+    metadata = dist_checkpointing.load_tensors_metadata(directory)
+    source_dtype = metadata["embedding.word_embeddings.weight"].dtype
+    config = mcore.build_transformer_config(
+        shape, tensor_model_parallel_size=torch.distributed.get_world_size(),
+        params_dtype=torch.float32, use_cpu_initialization=True, perform_initialization=False)
+    model = mcore.build_dense_gpt_model(shape, config=config)
+    load_dense_weights(directory, model=model)
+    return model, source_dtype
+
+
+def _record(args, calibration: Optional[torch.Tensor]) -> Dict[str, Any]:
+    return {"method": args.method, "pattern": args.pattern, "percdamp": args.percdamp,
+            "blocksize": args.blocksize, "updated_weights": bool(args.update_weights),
+            "calibration": None if calibration is None else {
+                "source": args.calib_text or args.calib_data,
+                "windows": int(calibration.shape[0]), "seq_length": int(calibration.shape[1])}}
+
+
+def _save_megatron(model, output: str, *, root: str, dtype: torch.dtype, record: Dict[str, Any],
+                   overwrite: bool) -> None:
+    """A dense Megatron checkpoint laid out as the converter lays one out (release/, pointer,
+    model_shape.json, hf_config.json, tokenizer/), written by all TP ranks, renamed by rank 0."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    from .fileio import atomic_output_dir
+
+    rank = dist.get_rank()
+    holder: List[Any] = [None]
+    context = atomic_output_dir(output, overwrite=overwrite) if rank == 0 else None
+    try:
+        if rank == 0:
+            holder[0] = context.__enter__()
+        dist.broadcast_object_list(holder, src=0)
+        tmp = holder[0]
+        if rank == 0:
+            os.makedirs(os.path.join(tmp, "release"))
+        dist.barrier()
+        model.to(dtype)
+        dist_checkpointing.save(model.sharded_state_dict(), os.path.join(tmp, "release"))
+        dist.barrier()
+        if rank == 0:
+            for name in ("model_shape.json", "hf_config.json"):
+                if os.path.exists(os.path.join(root, name)):
+                    shutil.copy2(os.path.join(root, name), os.path.join(tmp, name))
+            if os.path.isdir(os.path.join(root, "tokenizer")):
+                shutil.copytree(os.path.join(root, "tokenizer"), os.path.join(tmp, "tokenizer"))
+            with open(os.path.join(tmp, "latest_checkpointed_iteration.txt"), "w") as handle:
+                handle.write("release")
+            with open(os.path.join(tmp, PRUNING_RECORD), "w") as handle:
+                json.dump(record, handle, indent=1)
+    except BaseException:
+        if context is not None:
+            context.__exit__(*sys.exc_info())
+        raise
+    if context is not None:
+        context.__exit__(None, None, None)
+    dist.barrier()
+
+
+def prune_checkpoint(args) -> Dict[str, Any]:
+    """Run the whole job for parsed ``args`` (see :func:`build_parser`); returns a summary.
+
+    Call with torch.distributed not yet initialised; it sets up TP = world size and tears down.
+    """
+    _check_args(args)
+    from . import mcore
+    from .convert.megatron_to_hf import checkpoint_sources, resolve_checkpoint, to_hf_tensors
+    from .masking import is_exact_nm, parse_nm, save_masks_npz
+    from .training.checkpointing import load_dense_weights
+
+    n, m = parse_nm(args.pattern)
+    config = PruneConfig(method=args.method, n=n, m=m, percdamp=args.percdamp,
+                         blocksize=args.blocksize, micro_batch_size=args.micro_batch_size)
+    started = time.perf_counter()
+    scratch = tempfile.mkdtemp(prefix="masklm-prune-") if args.hf_checkpoint else None
+    try:
+        source = args.load
+        if args.hf_checkpoint:
+            from .convert import convert_hf_to_megatron
+
+            source = convert_hf_to_megatron(args.hf_checkpoint, os.path.join(scratch, "megatron"),
+                                            dtype="float32", progress=not args.no_progress)
+        root, directory = resolve_checkpoint(source)
+        shape, _, hf_config, tokenizer_dir = checkpoint_sources(root, directory)
+        calibration = _calibration(args, tokenizer_dir, shape.vocab_size)
+        if calibration is not None and int(calibration.max()) >= shape.vocab_size:
+            raise ValueError(f"calibration token id {int(calibration.max())} is outside the "
+                             f"model's vocabulary of {shape.vocab_size}: use the model's tokenizer")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        mcore.initialize_distributed(tensor_model_parallel_size=world, pipeline_model_parallel_size=1)
+        try:
+            model, source_dtype = _build_and_load(shape, directory)
+            loaded = time.perf_counter()
+            masks = mcore.prune_model(model, config, calibration, progress=not args.no_progress)
+            pruned = time.perf_counter()
+            bad = [name for name, mask in masks.items() if not is_exact_nm(mask, n, m)]
+            if bad:  # pragma: no cover - the methods guarantee it; a failure here is a bug
+                raise RuntimeError(f"pruned masks are not exactly {n}:{m}: {bad[:3]}")
+            record = _record(args, calibration)
+            rank0 = torch.distributed.get_rank() == 0
+            hf_vocab = (hf_config or {}).get("vocab_size", shape.vocab_size)
+            if rank0:
+                save_masks_npz(args.output_mask, masks)
+                if args.hf_masks:
+                    save_masks_npz(args.hf_masks, to_hf_tensors(masks, shape, hf_vocab_size=hf_vocab,
+                                                                masked_only=True))
+            if (args.save or args.save_hf) and args.method == "sparsegpt" and not args.update_weights:
+                load_dense_weights(directory, model=model)  # the originals, then the masks
+                mcore.apply_global_masks(model, masks)
+            if args.hf_checkpoint:
+                source_dtype = _config_dtype(hf_config) or source_dtype
+            if args.save_hf:
+                _save_hf(model, args.save_hf, shape, hf_config, hf_vocab, tokenizer_dir,
+                         dtype=source_dtype, overwrite=args.overwrite)
+            if args.save:
+                _save_megatron(model, args.save, root=root, dtype=source_dtype, record=record,
+                               overwrite=args.overwrite)
+        finally:
+            mcore.destroy_distributed()
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    kept = sum(int(mask.sum()) for mask in masks.values())
+    total = sum(mask.numel() for mask in masks.values())
+    return {**record, "layers": len(masks), "exact_nm": True, "density": kept / total,
+            "prune_seconds": round(pruned - loaded, 2),
+            "total_seconds": round(time.perf_counter() - started, 2)}
+
+
+def _save_hf(model, output: str, shape, hf_config, hf_vocab: int, tokenizer_dir: Optional[str], *,
+             dtype: torch.dtype, overwrite: bool) -> None:
+    """The model's (pruned) weights as a HF directory; TP=1 only (the model holds whole tensors)."""
+    from .convert.hf_config import hf_config_from_shape
+    from .convert.megatron_to_hf import to_hf_tensors, write_hf_dir
+
+    params = {name: p.detach().to(dtype) for name, p in model.named_parameters()}
+    tensors = to_hf_tensors(params, shape, hf_vocab_size=hf_vocab)
+    config = hf_config or hf_config_from_shape(shape, vocab_size=hf_vocab,
+                                               torch_dtype=str(dtype).replace("torch.", ""))
+    write_hf_dir(output, tensors, config, tokenizer_dir, overwrite=overwrite)
+
+
+def _config_dtype(hf_config: Optional[Dict[str, Any]]) -> Optional[torch.dtype]:
+    from .convert.hf_to_megatron import DTYPES
+
+    name = str((hf_config or {}).get("dtype") or (hf_config or {}).get("torch_dtype") or "")
+    return DTYPES.get(name.replace("torch.", ""))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse and run; exit status 1 with a one-line error for bad input."""
+    warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
+    args = build_parser().parse_args(argv)
+    try:
+        summary = prune_checkpoint(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":  # required: the dist-checkpoint writer re-imports __main__
+    sys.exit(main())
