@@ -189,7 +189,8 @@ def _save_megatron(model, output: str, *, root: str, dtype: torch.dtype, record:
 def prune_checkpoint(args) -> Dict[str, Any]:
     """Run the whole job for parsed ``args`` (see :func:`build_parser`); returns a summary.
 
-    Call with torch.distributed not yet initialised; it sets up TP = world size and tears down.
+    Every process is one tensor-parallel rank (TP = world size, PP = 1); torch.distributed is
+    initialised (and torn down) here unless the caller already did.
     """
     _check_args(args)
     from . import mcore
@@ -215,7 +216,8 @@ def prune_checkpoint(args) -> Dict[str, Any]:
         if calibration is not None and int(calibration.max()) >= shape.vocab_size:
             raise ValueError(f"calibration token id {int(calibration.max())} is outside the "
                              f"model's vocabulary of {shape.vocab_size}: use the model's tokenizer")
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        owned = not torch.distributed.is_initialized()
+        world = int(os.environ.get("WORLD_SIZE", "1")) if owned else torch.distributed.get_world_size()
         mcore.initialize_distributed(tensor_model_parallel_size=world, pipeline_model_parallel_size=1)
         try:
             model, source_dtype = _build_and_load(shape, directory)
@@ -245,7 +247,8 @@ def prune_checkpoint(args) -> Dict[str, Any]:
                 _save_megatron(model, args.save, root=root, dtype=source_dtype, record=record,
                                overwrite=args.overwrite)
         finally:
-            mcore.destroy_distributed()
+            if owned:
+                mcore.destroy_distributed()
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
