@@ -131,7 +131,7 @@ def _build_and_load(shape, directory: str):
     config = mcore.build_transformer_config(
         shape, tensor_model_parallel_size=torch.distributed.get_world_size(),
         params_dtype=torch.float32, use_cpu_initialization=True, perform_initialization=False)
-    model = mcore.build_dense_gpt_model(shape, config=config)
+    model = mcore.build_dense_gpt_model(shape, config=config, sdpa_attention=True)
     load_dense_weights(directory, model=model)
     return model, source_dtype
 

@@ -120,7 +120,8 @@ def check_2of4(output: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="fp32 HF directory (assets.py: WORKDIR/hf)")
-    parser.add_argument("--calib-tokens", required=True, help="LongTensor [n, 512] (calib_tokens.pt)")
+    parser.add_argument("--calib-tokens", required=True,
+                        help="LongTensor [n, 512] (calib_tokens.pt)")
     parser.add_argument("--method", required=True, choices=["sparsegpt", "wanda"])
     parser.add_argument("--output", required=True, help="directory for the pruned HF model")
     parser.add_argument("--dampening", type=float, default=0.01, help="SparseGPT dampening_frac")

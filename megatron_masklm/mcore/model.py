@@ -9,6 +9,7 @@ from megatron.core.transformer import TransformerConfig
 
 from ..masking import MaskConfig, MaskState, apply_prior_, is_exact_nm
 from . import compat
+from .attention import with_sdpa_attention
 from .layers import MaskedLinearMixin
 from .spec import MASKED_LINEAR_CLASSES, get_masked_gpt_layer_spec
 
@@ -139,11 +140,14 @@ def build_masked_gpt_model(
 
 def build_dense_gpt_model(shape: ModelShape, *, config: Optional[TransformerConfig] = None,
                           use_te: bool = False, pre_process: bool = True,
-                          post_process: bool = True) -> GPTModel:
+                          post_process: bool = True, sdpa_attention: bool = False) -> GPTModel:
     """The same GPTModel without masks: what a dense Megatron checkpoint of ``shape`` holds
-    (its state-dict keys are the masked model's minus the logits)."""
+    (its state-dict keys are the masked model's minus the logits). ``sdpa_attention`` computes
+    the local spec's causal attention with torch's fused kernel (same maths, faster on CPU)."""
     config = config or build_transformer_config(shape)
     spec = compat.gpt_layer_spec(use_te=use_te, normalization=config.normalization)
+    if sdpa_attention:
+        spec = with_sdpa_attention(spec)
     model = _gpt_model(shape, config, spec, pre_process=pre_process, post_process=post_process)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())

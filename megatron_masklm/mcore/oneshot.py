@@ -159,13 +159,18 @@ def _run_layer(layer, captured) -> List[tuple]:
     return outputs
 
 
+class _AllInputsSeen(Exception):
+    """Raised once every linear of a layer has had its input: the rest of the pass is unused."""
+
+
 def _collect(linears: List[_Linear], layer, captured, *, hessian: bool) -> Dict[str, InputStatistics]:
     """One pass through ``layer`` with hooks: statistics of every linear's input.
 
     A row-parallel input is all-gathered for the Hessian (full width, cross-shard terms
-    included); for Wanda's per-column norms the local slice is exact already.
+    included); for Wanda's per-column norms the local slice is exact already. Each micro-batch
+    stops as soon as the last linear's input is seen (the last matmul's output is not needed).
     """
-    stats, handles = {}, []
+    stats, handles, seen = {}, [], set()
 
     def hook_for(linear: _Linear, gather: bool) -> Callable:
         def hook(module, args):
@@ -173,6 +178,9 @@ def _collect(linears: List[_Linear], layer, captured, *, hessian: bool) -> Dict[
             if gather:
                 x = gather_global_tensor(x, axis=x.dim() - 1, stride=1, group=linear.group)
             stats[linear.name].add(x)
+            seen.add(linear.name)
+            if len(seen) == len(linears):
+                raise _AllInputsSeen
         return hook
 
     for linear in linears:
@@ -182,7 +190,14 @@ def _collect(linears: List[_Linear], layer, captured, *, hessian: bool) -> Dict[
                                              device=linear.module.weight.device)
         handles.append(linear.module.register_forward_pre_hook(hook_for(linear, gather)))
     try:
-        _run_layer(layer, captured)
+        for args, kwargs in captured:
+            seen.clear()
+            try:
+                layer(*args, **kwargs)
+            except _AllInputsSeen:
+                continue
+            missing = sorted({linear.name for linear in linears} - seen)
+            raise RuntimeError(f"a forward of the layer never ran {missing}")
     finally:
         for handle in handles:
             handle.remove()

@@ -43,7 +43,9 @@ def sparsegpt(weight_RI: torch.Tensor, hessian_II: torch.Tensor, n: int, m: int,
 
     ``hessian_II`` is the layer-input second moment (2/n X^T X). Columns are pruned left to right;
     at the start of each group the M - N columns with the smallest w^2 / [H^-1]_jj^2 are pruned
-    and the error is propagated to the later columns through the Cholesky factor of H^-1.
+    and the error is propagated to the later columns through the Cholesky factor of H^-1:
+    column by column inside the group, then for the whole group at once to the rest of its
+    block (one matrix product instead of M rank-1 updates), then block by block (lazy batch).
     Returns (keep-mask, updated weight or None without ``update``); the mask is the same either
     way, since it is chosen on the progressively updated weights.
     """
@@ -62,18 +64,21 @@ def sparsegpt(weight_RI: torch.Tensor, hessian_II: torch.Tensor, n: int, m: int,
         block, errors = W[:, start:end].clone(), torch.zeros(rows, end - start, device=W.device)
         u = upper[start:end, start:end]
         diag = torch.diagonal(u)
-        for i in range(end - start):
-            if i % m == 0:
-                scores = block[:, i:i + m] ** 2 / diag[i:i + m] ** 2
-                keep[:, start + i:start + i + m] = nm_keep_mask(scores, n, m)
-            column = block[:, i]
-            quantised = torch.where(keep[:, start + i], column, torch.zeros_like(column))
-            error = (column - quantised) / u[i, i]
-            block[:, i:] -= error.unsqueeze(1) * u[i, i:].unsqueeze(0)
-            block[:, i] = quantised
-            errors[:, i] = error
+        for g in range(0, end - start, m):
+            group = slice(g, g + m)
+            kept = nm_keep_mask(block[:, group] ** 2 / diag[group] ** 2, n, m)
+            keep[:, start + g:start + g + m] = kept
+            pruned = (~kept).float()
+            for j in range(m):  # OBS within the group, one column at a time
+                i = g + j
+                errors[:, i] = block[:, i] * pruned[:, j] / u[i, i]
+                if j + 1 < m:
+                    block[:, i + 1:g + m].addr_(errors[:, i], u[i, i + 1:g + m], alpha=-1.0)
+            block[:, group] *= kept
+            # the group's errors reach the rest of the block in one product
+            block[:, g + m:].addmm_(errors[:, group], u[group, g + m:], alpha=-1.0)
         W[:, start:end] = block
-        W[:, end:] -= errors @ upper[start:end, end:]
+        W[:, end:].addmm_(errors, upper[start:end, end:], alpha=-1.0)
     return keep, (W.to(weight_RI.dtype) if update else None)
 
 

@@ -260,3 +260,31 @@ def test_tied_embeddings_model_shares_and_freezes_the_embedding(mcore):
     model(tokens, torch.arange(8, device=device).expand(2, 8), None, labels=tokens).mean().backward()
     assert shared.grad is None
     assert all(p.grad is not None for n, p in model.named_parameters() if n.endswith("mask_logits"))
+
+
+def test_sdpa_attention_equals_megatrons_local_attention(mcore):
+    """The fused core attention is the same maths: causal GQA logits match Megatron's own
+    DotProductAttention; an explicit mask sends it down Megatron's path (equal again)."""
+    from megatron_masklm.mcore.attention import SDPADotProductAttention
+
+    shape = mcore.ModelShape(**SHAPE)
+    torch.manual_seed(0)
+    local = mcore.build_dense_gpt_model(shape).eval()
+    torch.manual_seed(0)
+    fused = mcore.build_dense_gpt_model(shape, sdpa_attention=True).eval()
+    assert sum(isinstance(m, SDPADotProductAttention) for m in fused.modules()) == 2
+    assert not any(isinstance(m, SDPADotProductAttention) for m in local.modules())
+    fused.load_state_dict(local.state_dict())
+    tokens = torch.randint(0, 64, (3, 24), generator=torch.Generator().manual_seed(1))
+    positions = torch.arange(24).expand_as(tokens)
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                      lambda *a, **k: calls.append(1) or original(*a, **k))
+        expected = local(tokens, positions, None)
+        torch.testing.assert_close(fused(tokens, positions, None), expected, rtol=1e-5, atol=1e-5)
+        assert len(calls) == 2  # one per layer
+        causal = torch.ones(1, 1, 24, 24, dtype=torch.bool).triu(1)  # True = masked out
+        torch.testing.assert_close(fused(tokens, positions, causal), expected, rtol=1e-5, atol=1e-5)
+        assert len(calls) == 2  # the explicit mask took Megatron's path

@@ -116,3 +116,18 @@ def test_bad_inputs_are_named():
         sparsegpt(torch.randn(2, 8), torch.eye(8), 2, 4, blocksize=6)
     with pytest.raises(ValueError, match="positive definite"):
         sparsegpt(torch.randn(2, 8), -torch.eye(8), 2, 4, percdamp=0.0)
+
+
+def test_wide_statistics_use_symmetric_blocks_and_match_the_direct_sums():
+    from megatron_masklm.oneshot.statistics import SYMMETRIC_BLOCK
+
+    width = 2 * SYMMETRIC_BLOCK + 32  # three row blocks, the last one short
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(40, width, generator=gen) for _ in range(3)]
+    stats = InputStatistics(width)
+    for x in batches:
+        stats.add(x)
+    X = torch.cat(batches).double()
+    H = stats.hessian
+    assert torch.equal(H, H.t())
+    torch.testing.assert_close(H.double(), 2 * X.t() @ X / X.shape[0], rtol=1e-5, atol=1e-5)
