@@ -10,6 +10,7 @@ under HF names, and optionally new checkpoints holding the pruned weights (with 
 weight update only when ``--update-weights`` is given). Every rank is one tensor-parallel rank.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -154,12 +155,10 @@ def _save_megatron(model, output: str, *, root: str, dtype: torch.dtype, record:
     from .fileio import atomic_output_dir
 
     rank = dist.get_rank()
-    holder: List[Any] = [None]
-    context = atomic_output_dir(output, overwrite=overwrite) if rank == 0 else None
-    try:
-        if rank == 0:
-            holder[0] = context.__enter__()
-        dist.broadcast_object_list(holder, src=0)
+    with contextlib.ExitStack() as stack:
+        holder: List[Any] = [stack.enter_context(atomic_output_dir(output, overwrite=overwrite))
+                             if rank == 0 else None]
+        dist.broadcast_object_list(holder, src=0)  # every rank writes into rank 0's temp dir
         tmp = holder[0]
         if rank == 0:
             os.makedirs(os.path.join(tmp, "release"))
@@ -177,13 +176,7 @@ def _save_megatron(model, output: str, *, root: str, dtype: torch.dtype, record:
                 handle.write("release")
             with open(os.path.join(tmp, PRUNING_RECORD), "w") as handle:
                 json.dump(record, handle, indent=1)
-    except BaseException:
-        if context is not None:
-            context.__exit__(*sys.exc_info())
-        raise
-    if context is not None:
-        context.__exit__(None, None, None)
-    dist.barrier()
+    dist.barrier()  # renamed into place by rank 0
 
 
 def prune_checkpoint(args) -> Dict[str, Any]:

@@ -3,7 +3,8 @@
 #   1. the GPU test tier plus the single-process unit tests on CUDA (NCCL world of one);
 #   2. the training CLI on one GPU in bf16: a tiny run that stops, resumes and finishes;
 #   3. mask-only vs dense fine-tuning step time, side by side (benchmarks/step_time.py);
-#   4. mask-training throughput and peak memory of a SmolLM2-135M-shaped model (mock data).
+#   4. mask-training throughput and peak memory of a SmolLM2-135M-shaped model (mock data);
+#   5. one-shot SparseGPT and Wanda time on a random SmolLM2-135M-shaped model, 128 x 512 tokens.
 # Without network access, carry megatron-core as a wheel in .whl/ (see README, "GPU check").
 # Usage: bash tools/gpu_check.sh [output-dir]
 set -uo pipefail
@@ -45,6 +46,11 @@ step "SmolLM2-135M-shaped mask training, bf16, mock data" "$out/smollm.log" run_
   --vocab-size 49152 --tied-embeddings --rotary-base 100000 --max-position-embeddings 2048 \
   --seq-length 2048 --micro-batch-size 8 --global-batch-size 32 --train-iters 30 --mock-data \
   --bf16 --log-interval 10 --eval-iters 0 --log-dir "$out/smollm_run"
+
+for method in sparsegpt wanda; do
+  step "one-shot $method, SmolLM2-135M shape, 128 x 512 calibration tokens" "$out/oneshot.log" \
+    python3 benchmarks/oneshot_speed.py --method $method
+done
 
 echo "gpu_check status: $status"
 exit $status

@@ -14,6 +14,7 @@ Each Megatron tensor is built from its HF tensors and written to a memory-mapped
 so the process holds only the tensors of the parameter being converted; the dist checkpoint
 writer then streams the scratch files to disk.
 """
+import contextlib
 import ctypes
 import json
 import os
@@ -41,7 +42,6 @@ def convert_hf_to_megatron(source: str, output: str, *, tensor_model_parallel_si
     The target TP/PP sizes are checked (query groups, layers, padded vocabulary) so that the
     checkpoint loads at them; it also loads at any other size those checks allow.
     """
-    _return_freed_tensors_to_the_os()
     checkpoint = HFCheckpoint(source)
     hf_vocab = checkpoint.config["vocab_size"]
     shape = shape_from_hf_config(
@@ -50,7 +50,8 @@ def convert_hf_to_megatron(source: str, output: str, *, tensor_model_parallel_si
     torch_dtype = _dtype(dtype or saved or "float32")
     maps = param_maps(shape, hf_vocab_size=hf_vocab)
     _check_names(checkpoint, maps, shape)
-    with megatron_world_of_one() as (mcore, dist_checkpointing), \
+    with _freed_tensors_return_to_the_os(), \
+            megatron_world_of_one() as (mcore, dist_checkpointing), \
             atomic_output_dir(output, overwrite=overwrite) as tmp:
         mcore.build_transformer_config(  # refuses sizes the shape cannot be split into
             shape, tensor_model_parallel_size=tensor_model_parallel_size,
@@ -107,15 +108,31 @@ def _views_as_own_files(state, scratch: str):
     return state
 
 
-def _return_freed_tensors_to_the_os() -> None:
-    """Pin glibc's mmap threshold at 1 MiB (its M_MMAP_THRESHOLD, -3).
+@contextlib.contextmanager
+def _freed_tensors_return_to_the_os():
+    """Pin glibc's mmap threshold at 1 MiB while converting.
 
     glibc raises the threshold after large frees, after which freed tensors of up to 32 MiB stay
     in the heap and the process grows with the model (measured: +0.3 x the model); pinned, every
-    tensor's memory goes back to the OS when it is freed. No-op off glibc.
+    tensor's memory goes back to the OS when it is freed. Afterwards the thresholds go to where
+    glibc's own adjustment tops out (mmap 32 MiB, trim 64 MiB): left pinned, a process that
+    goes on computing (tools/prune_oneshot.py --hf-checkpoint) page-faults on every large
+    temporary (measured: 40% slower layer passes). No-op off glibc.
     """
+    _mallopt(_M_MMAP_THRESHOLD, 1 << 20)
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)
+        yield
+    finally:
+        _mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        _mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+
+
+def _mallopt(parameter: int, value: int) -> None:
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(parameter, value)
     except (OSError, AttributeError):  # pragma: no cover - not glibc
         pass
 

@@ -241,3 +241,52 @@ def test_existing_output_and_multi_process_hf_are_refused(setup, tmp_path, capsy
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert _run([*base, "--overwrite"]) == 1
     assert "convert with tools/convert_hf_to_megatron.py first" in capsys.readouterr().err
+
+
+def test_bf16_megatron_checkpoint_is_pruned_in_fp32_and_saved_in_bf16(setup, tmp_path):
+    """A bf16 checkpoint (the usual 7B case) loads into the fp32 pruning model and the pruned
+    checkpoint is written back in bf16; the masks equal those from the fp32 HF source pruned
+    with the weights rounded to bf16 first (magnitude: a pure function of the weights)."""
+    from megatron_masklm.convert import convert_hf_to_megatron, load_megatron_checkpoint
+
+    root, _ = setup
+    convert_hf_to_megatron(str(root / "hf"), str(tmp_path / "bf16"), dtype="bfloat16",
+                           progress=False)
+    assert _run(["--load", tmp_path / "bf16", "--method", "magnitude", "--output-mask",
+                 tmp_path / "prior.npz", "--hf-masks", tmp_path / "hf_masks.npz",
+                 "--save", tmp_path / "pruned", "--no-progress"]) == 0
+    loaded = load_megatron_checkpoint(str(tmp_path / "pruned"))
+    original = load_file(root / "hf" / "model.safetensors")
+    masks = _load_hf_masks(tmp_path / "hf_masks.npz", {k: original[k] for k in original if "proj" in k})
+    for name, mask in masks.items():
+        weight = original[name].to(torch.bfloat16)
+        assert torch.equal(mask, _keep_n_per_group(weight.float().abs(), 2, 4)), name
+        assert loaded.tensors[name].dtype == torch.bfloat16
+        assert torch.equal(loaded.tensors[name], weight * mask), name
+
+
+def test_indexed_dataset_calibration_gives_the_text_files_masks(setup, tmp_path):
+    """The same tokens as an indexed dataset (split into documents) prune exactly as the text."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    root, tokens = setup
+    prefix = str(tmp_path / "calib_text_document")
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
+    for document in tokens.reshape(-1).split(100):
+        builder.add_item(document.to(torch.int32))
+        builder.end_document()
+    builder.finalize(prefix + ".idx")
+    text_out, data_out = tmp_path / "text", tmp_path / "data"
+    text_out.mkdir()
+    data_out.mkdir()
+    assert _run(_common(root, "wanda", text_out)) == 0
+    argv = _common(root, "wanda", data_out)
+    at = argv.index("--calib-text")
+    argv[at:at + 2] = ["--calib-data", prefix]
+    assert _run(argv) == 0
+    original = load_file(root / "hf" / "model.safetensors")
+    shapes = {k: original[k] for k in original if "proj" in k}
+    from_text = _load_hf_masks(text_out / "hf_masks.npz", shapes)
+    from_data = _load_hf_masks(data_out / "hf_masks.npz", shapes)
+    assert all(torch.equal(from_text[k], from_data[k]) for k in shapes)
