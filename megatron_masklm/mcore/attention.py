@@ -11,7 +11,6 @@ sequences, sliding window, softmax offset or active dropout; anything else goes 
 import dataclasses
 import functools
 
-import torch
 import torch.nn.functional as F
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType

@@ -15,6 +15,7 @@ from ..masking import load_masks_npz
 from . import compat
 from .layers import MaskedLinearMixin
 from .model import masked_linears
+from .parallel import shard_global_tensor
 
 _LAYER_INDEX = re.compile(r"^(.*?layers\.)(\d+)(\..*)$")
 
@@ -32,25 +33,6 @@ def global_weight_shape(layer: MaskedLinearMixin) -> Tuple[int, ...]:
     shape = list(layer.weight.shape)
     shape[axis] *= world
     return tuple(shape)
-
-
-def shard_global_tensor(tensor: torch.Tensor, *, axis: int, stride: int, world: int,
-                        rank: int) -> torch.Tensor:
-    """Rank ``rank``'s slice of an unsharded tensor split over ``world`` ranks along ``axis``;
-    with ``stride`` 2 (a GLU fc1, [gate; up]) each rank holds its part of every half."""
-    pieces = tensor.chunk(world * stride, dim=axis)
-    return torch.cat(pieces[rank::world], dim=axis)
-
-
-def gather_global_tensor(local: torch.Tensor, *, axis: int, stride: int, group) -> torch.Tensor:
-    """Inverse of :func:`shard_global_tensor`: every rank of ``group`` gets the whole tensor."""
-    world = group.size() if group is not None else 1
-    if world == 1:
-        return local.clone()
-    shards = [torch.empty_like(local) for _ in range(world)]
-    torch.distributed.all_gather(shards, local.contiguous(), group=group)
-    parts = [shard.chunk(stride, dim=axis) for shard in shards]
-    return torch.cat([parts[r][s] for s in range(stride) for r in range(world)], dim=axis)
 
 
 def shard_global_mask(mask: torch.Tensor, layer: MaskedLinearMixin) -> torch.Tensor:

@@ -27,7 +27,7 @@ from ..masking import (
     nm_candidates,
 )
 from . import compat
-from .parallel import MASK_NOISE_RNG
+from .parallel import MASK_NOISE_RNG, shard_global_tensor
 
 
 class MaskedLinearMixin:
@@ -82,8 +82,8 @@ class MaskedLinearMixin:
             full_shape = list(logits.shape)
             full_shape[self.logits_tp_axis] *= world
             full = torch.empty(full_shape, dtype=torch.float32).normal_(0.0, std)
-            pieces = full.chunk(world * stride, dim=self.logits_tp_axis)
-            logits.copy_(torch.cat(pieces[rank::world], dim=self.logits_tp_axis))
+            logits.copy_(shard_global_tensor(full, axis=self.logits_tp_axis, stride=stride,
+                                             world=world, rank=rank))
         else:
             with tensor_parallel.get_cuda_rng_tracker().fork():
                 logits.normal_(0.0, std)

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from ..masking import validate_nm
 from ..oneshot import InputStatistics, magnitude_mask, sparsegpt, wanda_mask
 from . import compat
-from .global_masks import gather_global_tensor, global_name, layer_owners, shard_global_tensor
+from .global_masks import global_name, layer_owners
+from .parallel import gather_global_tensor, shard_global_tensor
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
