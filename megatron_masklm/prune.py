@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .mcore.oneshot import METHODS, PruneConfig
+from .oneshot import METHODS, PruneConfig
 
 PRUNING_RECORD = "oneshot_pruning.json"
 """What a pruned checkpoint written here was made with (method, N:M, calibration, update)."""

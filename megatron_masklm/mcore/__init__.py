@@ -17,15 +17,13 @@ from .model import (
     hard_masks,
     masked_linears,
 )
-from .oneshot import METHODS as ONESHOT_METHODS
-from .oneshot import PruneConfig, apply_global_masks, prune_model
+from .oneshot import apply_global_masks, prune_model
 from .parallel import (MASK_NOISE_RNG, destroy_distributed, initialize_distributed, seed_mask_noise,
                        set_random_seeds)
 from .spec import apply_masking_to_spec, get_masked_gpt_layer_spec
 
 __all__ = [
-    "MASK_NOISE_RNG", "ONESHOT_METHODS", "MaskedColumnParallelLinear", "PruneConfig",
-    "apply_global_masks", "prune_model", "MaskedLinearMixin",
+    "MASK_NOISE_RNG", "MaskedColumnParallelLinear", "apply_global_masks", "prune_model", "MaskedLinearMixin",
     "MaskedRowParallelLinear", "ModelShape", "apply_mask_state", "apply_mask_training_freeze",
     "apply_masking_to_spec", "apply_prior_masks", "build_masked_gpt_model",
     "build_dense_gpt_model", "build_transformer_config", "check_nm", "destroy_distributed", "enable_cpu_backend",

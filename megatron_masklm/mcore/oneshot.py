@@ -28,46 +28,10 @@ from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParall
 from megatron.core.transformer.transformer_layer import TransformerLayer
 from tqdm import tqdm
 
-from ..masking import validate_nm
-from ..oneshot import InputStatistics, magnitude_mask, sparsegpt, wanda_mask
+from ..oneshot import InputStatistics, PruneConfig, magnitude_mask, sparsegpt, wanda_mask
 from . import compat
 from .global_masks import global_name, layer_owners
 from .parallel import gather_global_tensor, shard_global_tensor
-
-METHODS = ("magnitude", "wanda", "sparsegpt")
-
-
-@dataclass(kw_only=True)
-class PruneConfig:
-    """What to prune with and how."""
-
-    method: str
-    """"magnitude" (no data), "wanda" or "sparsegpt"."""
-    n: int = 2
-    """Weights kept per group."""
-    m: int = 4
-    """Group size (consecutive inputs)."""
-    percdamp: float = 0.01
-    """SparseGPT: damping added to the Hessian diagonal, as a fraction of its mean."""
-    blocksize: int = 128
-    """SparseGPT: columns per lazy-update block (a multiple of M)."""
-    micro_batch_size: int = 8
-    """Calibration windows per layer forward."""
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method {self.method!r} is not one of {METHODS}")
-        self.n, self.m = validate_nm(self.n, self.m)
-        if not 0 <= self.percdamp:
-            raise ValueError(f"percdamp {self.percdamp} must be >= 0 (SparseGPT uses 0.01)")
-        if self.blocksize <= 0 or self.blocksize % self.m:
-            raise ValueError(f"blocksize {self.blocksize} must be a positive multiple of M={self.m}")
-        if self.micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size {self.micro_batch_size} must be >= 1")
-
-    @property
-    def needs_data(self) -> bool:
-        return self.method != "magnitude"
 
 
 @dataclass
@@ -144,10 +108,6 @@ def _with_hidden(args, kwargs, hidden):
     if "hidden_states" in kwargs:
         return args, {**kwargs, "hidden_states": hidden}
     return (hidden, *args[1:]), kwargs
-
-
-def _hidden(args, kwargs):
-    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
 
 def _run_layer(layer, captured) -> List[tuple]:

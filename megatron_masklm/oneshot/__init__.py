@@ -1,6 +1,8 @@
-"""One-shot N:M pruning (magnitude, Wanda, SparseGPT) on plain tensors and calibration
-statistics; no megatron import. The model-level, tensor-parallel driver builds on these."""
+"""One-shot N:M pruning (magnitude, Wanda, SparseGPT) on plain tensors, calibration statistics
+and the run settings; no megatron import. The model-level, tensor-parallel driver
+(megatron_masklm.mcore.oneshot) builds on these."""
+from .config import METHODS, PruneConfig
 from .pruning import magnitude_mask, nm_keep_mask, sparsegpt, wanda_mask
 from .statistics import InputStatistics
 
-__all__ = ["InputStatistics", "magnitude_mask", "nm_keep_mask", "sparsegpt", "wanda_mask"]
+__all__ = ["METHODS", "InputStatistics", "PruneConfig", "magnitude_mask", "nm_keep_mask", "sparsegpt", "wanda_mask"]

@@ -131,3 +131,18 @@ def test_wide_statistics_use_symmetric_blocks_and_match_the_direct_sums():
     H = stats.hessian
     assert torch.equal(H, H.t())
     torch.testing.assert_close(H.double(), 2 * X.t() @ X / X.shape[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="obs"), "not one of"),
+    (dict(method="sparsegpt", blocksize=126), "multiple of M=4"),
+    (dict(method="sparsegpt", percdamp=-0.1), "percdamp"),
+    (dict(method="wanda", n=4, m=4), "not a sparsity pattern"),
+    (dict(method="wanda", micro_batch_size=0), "micro_batch_size"),
+])
+def test_prune_config_refuses_bad_settings(kwargs, message):
+    from megatron_masklm.oneshot import PruneConfig
+
+    with pytest.raises(ValueError, match=message):
+        PruneConfig(**kwargs)
+    assert PruneConfig(method="magnitude").needs_data is False

@@ -1,0 +1,39 @@
+"""What a one-shot pruning run uses: the method and its settings (no megatron import)."""
+from dataclasses import dataclass
+
+from ..masking import validate_nm
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+@dataclass(kw_only=True)
+class PruneConfig:
+    """What to prune with and how."""
+
+    method: str
+    """"magnitude" (no data), "wanda" or "sparsegpt"."""
+    n: int = 2
+    """Weights kept per group."""
+    m: int = 4
+    """Group size (consecutive inputs)."""
+    percdamp: float = 0.01
+    """SparseGPT: damping added to the Hessian diagonal, as a fraction of its mean."""
+    blocksize: int = 128
+    """SparseGPT: columns per lazy-update block (a multiple of M)."""
+    micro_batch_size: int = 8
+    """Calibration windows per layer forward."""
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} is not one of {METHODS}")
+        self.n, self.m = validate_nm(self.n, self.m)
+        if not 0 <= self.percdamp:
+            raise ValueError(f"percdamp {self.percdamp} must be >= 0 (SparseGPT uses 0.01)")
+        if self.blocksize <= 0 or self.blocksize % self.m:
+            raise ValueError(f"blocksize {self.blocksize} must be a positive multiple of M={self.m}")
+        if self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} must be >= 1")
+
+    @property
+    def needs_data(self) -> bool:
+        return self.method != "magnitude"
