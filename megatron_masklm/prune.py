@@ -106,15 +106,14 @@ def _calibration(args, tokenizer_dir: Optional[str], vocab_size: int) -> Optiona
     kind, model = args.tokenizer_type, args.tokenizer_model
     if kind == "NullTokenizer":
         tokenizer = build_tokenizer(kind, vocab_size=vocab_size)
-        return text_windows(args.calib_text, tokenizer, seq_length=args.seq_length,
-                            num_samples=args.calib_samples)
-    if model is None:
-        found = saved_tokenizer(tokenizer_dir, kind=kind) if tokenizer_dir else None
-        if found is None:
-            raise ValueError("the checkpoint keeps no tokenizer/ directory: pass "
-                             "--tokenizer-type and --tokenizer-model for --calib-text")
-        kind, model = found
-    tokenizer = build_tokenizer(kind or "HuggingFaceTokenizer", tokenizer_model=model)
+    else:
+        if model is None:
+            found = saved_tokenizer(tokenizer_dir, kind=kind) if tokenizer_dir else None
+            if found is None:
+                raise ValueError("the checkpoint keeps no tokenizer/ directory: pass "
+                                 "--tokenizer-type and --tokenizer-model for --calib-text")
+            kind, model = found
+        tokenizer = build_tokenizer(kind or "HuggingFaceTokenizer", tokenizer_model=model)
     return text_windows(args.calib_text, tokenizer, seq_length=args.seq_length,
                         num_samples=args.calib_samples)
 
