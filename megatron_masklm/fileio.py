@@ -1,9 +1,9 @@
-"""Writes that appear whole or not at all: a mask .npz, and an output directory."""
+"""Writes that appear whole or not at all: a text file, a mask .npz, and an output directory."""
 import contextlib
 import os
 import shutil
 import tempfile
-from typing import Dict
+from typing import Callable, Dict
 
 import numpy as np
 
@@ -16,11 +16,20 @@ def _umask() -> int:
 
 def atomic_savez(path: str, entries: Dict[str, np.ndarray]) -> None:
     """np.savez_compressed to a temporary sibling, then rename; the file follows the umask."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".npz.tmp")
+    _atomic_write(path, ".npz.tmp", lambda handle: np.savez_compressed(handle, **entries))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write UTF-8 ``text`` to a temporary sibling, then rename; the file follows the umask."""
+    _atomic_write(path, ".tmp", lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _atomic_write(path: str, suffix: str, write: Callable) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **entries)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; a mask file is shared
+            write(handle)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; outputs are shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

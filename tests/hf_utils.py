@@ -15,3 +15,31 @@ def tiny_llama(directory, *, tied=False, rope_scaling=None, seed=0, **overrides)
     model.save_pretrained(directory)
     (directory / "tokenizer.json").write_text('{"fake": "tokenizer"}')
     return model
+
+
+@torch.no_grad()
+def reference_nll(model, ids, *, max_length, stride, bos_id=None, drop_last=True):
+    """The transformers documentation's sliding-window loop over full windows (labels -100 on
+    the context part), summing per-token NLLs instead of averaging; then, unless ``drop_last``,
+    the last ``max_length`` tokens score what is left. BOS, when given, goes before each window."""
+    length = max_length - (1 if bos_id is not None else 0)
+    spans, prev_end = [], 0
+    for begin in range(0, len(ids) - length + 1, stride):
+        spans.append((begin, begin + length, begin + length - prev_end))
+        prev_end = begin + length
+    if not drop_last and prev_end < len(ids):
+        spans.append((max(0, len(ids) - length), len(ids), len(ids) - prev_end))
+    total, count = 0.0, 0
+    for begin, end, target_len in spans:
+        window = list(ids[begin:end])
+        labels = list(window)
+        cut = len(window) - target_len
+        labels[:cut] = [-100] * cut
+        if bos_id is not None:
+            window, labels = [bos_id] + window, [-100] + labels
+        logits = model(torch.tensor([window])).logits[0].double()
+        for position in range(1, len(window)):
+            if labels[position] != -100:
+                total -= torch.log_softmax(logits[position - 1], -1)[labels[position]].item()
+                count += 1
+    return total, count

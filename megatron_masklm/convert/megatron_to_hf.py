@@ -73,34 +73,55 @@ def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None) 
     root, directory = resolve_checkpoint(path)
     shape, pattern, hf_config, tokenizer = checkpoint_sources(root, directory)
     hf_vocab = (hf_config or {}).get("vocab_size", shape.vocab_size)
-    with megatron_world_of_one() as (mcore, dist_checkpointing):
-        present = dist_checkpointing.load_tensors_metadata(directory)
-        weight_dtype = dtype or present["embedding.word_embeddings.weight"].dtype
-        config = mcore.build_transformer_config(shape, params_dtype=weight_dtype,
-                                                use_cpu_initialization=True,
-                                                perform_initialization=False)
-        has_logits = any(key.endswith("mask_logits") for key in present)
-        if pattern and not has_logits:
-            raise ValueError(f"{directory!r} says it holds {pattern} masks but has no mask logits")
-        if has_logits:
-            n, m = parse_nm(pattern)
-            model = mcore.build_masked_gpt_model(shape, MaskConfig(n=n, m=m), config=config)
-        else:
-            model = mcore.build_dense_gpt_model(shape, config=config)
-        state = model.sharded_state_dict()
-        missing = sorted(mcore.compat.sharded_tensor_keys(state) - set(present))
-        if missing:
-            raise ValueError(f"{directory!r} does not match model_shape.json: missing {missing[:3]}")
-        loaded = dist_checkpointing.load(state, directory)  # also returns the common state
-        model.load_state_dict({key: loaded[key] for key in state}, strict=True)
+    with megatron_world_of_one() as (mcore, _):
+        model = load_model(directory, shape, pattern, dtype=dtype)
+        weight_dtype = model.embedding.word_embeddings.weight.dtype
         params = {name: p.detach() for name, p in model.named_parameters()}
         layer_masks = {f"{name}.weight": layer.hard_mask()
                        for name, layer in mcore.masked_linears(model)}
+    has_logits = bool(layer_masks)
     tensors = to_hf_tensors(params, shape, hf_vocab_size=hf_vocab)
     masks = to_hf_tensors(layer_masks, shape, hf_vocab_size=hf_vocab, masked_only=True)
     hf_config = hf_config or hf_config_from_shape(shape, vocab_size=hf_vocab,
                                                   torch_dtype=str(weight_dtype).replace("torch.", ""))
     return LoadedCheckpoint(tensors, masks, pattern if has_logits else None, hf_config, tokenizer)
+
+
+def load_model(directory: str, shape: ModelShape, pattern: Optional[str], *,
+               dtype: Optional[torch.dtype] = None, sdpa_attention: bool = False):
+    """The GPTModel a dist checkpoint holds, at the current TP size, loaded strictly.
+
+    A checkpoint with mask logits (``pattern`` N:M) gives a masked model, one without a dense
+    one; every tensor of the model must be in the checkpoint. ``dtype`` defaults to the
+    checkpoint's; ``sdpa_attention`` uses torch's fused causal attention (inference only).
+    Needs Megatron's parallel state (``mcore.initialize_distributed``).
+    """
+    from megatron.core import dist_checkpointing, parallel_state
+
+    from .. import mcore
+
+    present = dist_checkpointing.load_tensors_metadata(directory)
+    weight_dtype = dtype or present["embedding.word_embeddings.weight"].dtype
+    config = mcore.build_transformer_config(
+        shape, params_dtype=weight_dtype, use_cpu_initialization=True,
+        perform_initialization=False,
+        tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size())
+    has_logits = any(key.endswith("mask_logits") for key in present)
+    if pattern and not has_logits:
+        raise ValueError(f"{directory!r} says it holds {pattern} masks but has no mask logits")
+    if has_logits:
+        n, m = parse_nm(pattern)
+        model = mcore.build_masked_gpt_model(shape, MaskConfig(n=n, m=m), config=config,
+                                             sdpa_attention=sdpa_attention)
+    else:
+        model = mcore.build_dense_gpt_model(shape, config=config, sdpa_attention=sdpa_attention)
+    state = model.sharded_state_dict()
+    missing = sorted(mcore.compat.sharded_tensor_keys(state) - set(present))
+    if missing:
+        raise ValueError(f"{directory!r} does not match model_shape.json: missing {missing[:3]}")
+    loaded = dist_checkpointing.load(state, directory)  # also returns the common state
+    model.load_state_dict({key: loaded[key] for key in state}, strict=True)
+    return model
 
 
 def to_hf_tensors(tensors: Dict[str, torch.Tensor], shape: ModelShape, *, hf_vocab_size: int,

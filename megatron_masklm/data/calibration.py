@@ -1,10 +1,12 @@
-"""Calibration windows for one-shot pruning: the first K full windows of S tokens of a text file
-or of an indexed dataset (documents concatenated in order), as SparseGPT and Wanda take them.
+"""Token streams of a text file or an indexed dataset (perplexity evaluation reads them whole),
+and one-shot pruning's calibration windows: the first K full windows of S tokens of either
+(an indexed dataset's documents concatenated in order), as SparseGPT and Wanda take them.
 
 For a text file this is exactly ../shared/BENCHMARK.md's protocol: the whole file tokenized
 without special tokens, cut into non-overlapping windows, incomplete last window dropped.
 """
 import os
+from typing import Optional
 
 import numpy as np
 import torch
@@ -24,32 +26,44 @@ def _windows(ids: np.ndarray, seq_length: int, num_samples: int, source: str) ->
     return torch.from_numpy(window.reshape(num_samples, seq_length).copy())
 
 
-def text_windows(path: str, tokenizer, *, seq_length: int, num_samples: int) -> torch.Tensor:
-    """[num_samples, seq_length] token ids from the text file ``path`` (UTF-8)."""
+def text_token_ids(path: str, tokenizer) -> np.ndarray:
+    """The whole UTF-8 text file ``path`` tokenized in one piece, without special tokens."""
     if not os.path.isfile(path):
-        raise ValueError(f"calibration text {path!r} does not exist")
+        raise ValueError(f"text file {path!r} does not exist")
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
-    return _windows(np.asarray(tokenizer.tokenize(text)), seq_length, num_samples,
+    return np.asarray(tokenizer.tokenize(text), dtype=np.int64)
+
+
+def indexed_token_ids(prefix: str, *, limit: Optional[int] = None) -> np.ndarray:
+    """The documents of a Megatron indexed dataset (``prefix``.bin/.idx) concatenated in order
+    (with whatever end-of-document tokens they hold); only the first ``limit`` tokens, or more,
+    when ``limit`` is given."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    for suffix in (".bin", ".idx"):
+        if not os.path.isfile(prefix + suffix):
+            raise ValueError(f"indexed dataset {prefix!r} has no {prefix + suffix}: pass the "
+                             "prefix tools/preprocess_data.py wrote (without .bin/.idx)")
+    dataset = IndexedDataset(prefix)
+    pieces, total = [], 0
+    for index in range(len(dataset)):
+        if limit is not None and total >= limit:
+            break
+        document = np.asarray(dataset[index], dtype=np.int64)
+        pieces.append(document)
+        total += len(document)
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+
+
+def text_windows(path: str, tokenizer, *, seq_length: int, num_samples: int) -> torch.Tensor:
+    """[num_samples, seq_length] token ids from the text file ``path`` (UTF-8)."""
+    return _windows(text_token_ids(path, tokenizer), seq_length, num_samples,
                     f"calibration text {path!r}")
 
 
 def indexed_windows(prefix: str, *, seq_length: int, num_samples: int) -> torch.Tensor:
     """[num_samples, seq_length] token ids from a Megatron indexed dataset (``prefix``.bin/.idx),
     its documents concatenated in order (with whatever end-of-document tokens they hold)."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    for suffix in (".bin", ".idx"):
-        if not os.path.isfile(prefix + suffix):
-            raise ValueError(f"calibration data {prefix!r} has no {prefix + suffix}: pass the "
-                             "prefix tools/preprocess_data.py wrote (without .bin/.idx)")
-    dataset = IndexedDataset(prefix)
-    wanted, pieces, total = num_samples * seq_length, [], 0
-    for index in range(len(dataset)):
-        if total >= wanted:
-            break
-        document = np.asarray(dataset[index])
-        pieces.append(document)
-        total += len(document)
-    ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    ids = indexed_token_ids(prefix, limit=num_samples * seq_length)
     return _windows(ids, seq_length, num_samples, f"calibration data {prefix!r}")

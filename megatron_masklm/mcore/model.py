@@ -117,15 +117,19 @@ def build_masked_gpt_model(
     use_te: Optional[bool] = None,
     pre_process: bool = True,
     post_process: bool = True,
+    sdpa_attention: bool = False,
 ) -> GPTModel:
     """A Megatron-Core GPTModel whose transformer-block linears all carry learnable N:M masks.
 
     Embeddings, output head and norms are never masked; in mask-only mode (the default) they and
     the weights are frozen, so only the logits get gradients and optimizer state.
+    ``sdpa_attention`` as in :func:`build_dense_gpt_model` (local spec only).
     """
     config = config or build_transformer_config(shape)
     use_te = compat.HAVE_TE and torch.cuda.is_available() if use_te is None else use_te
     spec = get_masked_gpt_layer_spec(mask_config, use_te=use_te, normalization=config.normalization)
+    if sdpa_attention:
+        spec = with_sdpa_attention(spec)
     model = _gpt_model(shape, config, spec, pre_process=pre_process, post_process=post_process)
     _check_every_block_linear_is_masked(model)
     if torch.cuda.is_available():  # torch norms and CPU-initialised weights start on the host

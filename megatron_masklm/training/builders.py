@@ -75,11 +75,17 @@ def build_data(config: RunConfig) -> Tuple[object, Optional[object]]:
     from ..data import build_gpt_datasets
 
     t, d, log = config.training, config.data, config.logging
-    num_samples = (t.train_iters * t.global_batch_size, log.eval_iters * t.global_batch_size, 0)
+    tokenizer = build_tokenizer_for(config)
+    common = dict(seq_length=t.seq_length, seed=t.seed, tokenizer=tokenizer,
+                  cache_dir=d.data_cache_path and os.path.abspath(d.data_cache_path))
+    train_samples, valid_samples = t.train_iters * t.global_batch_size, log.eval_iters * t.global_batch_size
+    separate = d.valid_data_path is not None
     train, valid, _ = build_gpt_datasets(
-        data_path=d.data_path, split=d.split, seq_length=t.seq_length, seed=t.seed,
-        tokenizer=build_tokenizer_for(config), num_samples=num_samples,
-        cache_dir=d.data_cache_path and os.path.abspath(d.data_cache_path), mock=d.mock_data)
+        data_path=d.data_path, split=d.split, mock=d.mock_data,
+        num_samples=(train_samples, 0 if separate else valid_samples, 0), **common)
     if train is None:
         raise ValueError(f"split {d.split!r} leaves no training data")
+    if separate and valid_samples:
+        _, valid, _ = build_gpt_datasets(data_path=d.valid_data_path, split="0,1,0",
+                                         num_samples=(0, valid_samples, 0), **common)
     return train, valid if log.eval_iters else None

@@ -118,6 +118,8 @@ class DataConfig:
     """Indexed-dataset prefixes, optionally weighted: "0.7 a_text_document 0.3 b_text_document"."""
     split: str = "969,30,1"
     """Train, validation, test proportions of each dataset."""
+    valid_data_path: Optional[List[str]] = None
+    """Validate on these prefixes (all of them) instead of data_path's validation share."""
     mock_data: bool = False
     """Random tokens instead of --data-path (smoke tests, timing)."""
     data_cache_path: Optional[str] = None
@@ -131,6 +133,9 @@ class DataConfig:
 
     def __post_init__(self):
         _positive("make_vocab_size_divisible_by", self.make_vocab_size_divisible_by)
+        if self.mock_data and self.valid_data_path:
+            raise ValueError("valid_data_path needs real training data: drop --mock-data or "
+                             "--valid-data-path")
         parts = self.split.replace("/", ",").split(",")
         try:
             values = [float(part) for part in parts]

@@ -231,3 +231,29 @@ def test_bad_requests(corpus, tokenizer, tmp_path, kwargs, message):
                    num_samples=(5, 0, 0), cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match=message):
         build_gpt_datasets(**{**request, **kwargs})
+
+
+def test_training_validates_on_a_separate_dataset(tmp_path, tokenizer, corpus):
+    """--valid-data-path: validation samples come from that dataset alone, training samples
+    from the whole of --data-path."""
+    from megatron_masklm.training.arguments import run_config_from_options
+    from megatron_masklm.training.builders import build_data
+
+    train_prefix, train_docs = corpus
+    valid_prefix, valid_docs = make_prefix(tmp_path, "v", tokenizer, first_id=50000,
+                                           lengths=[20] * 10)
+    options = dict(num_layers=1, hidden_size=8, ffn_hidden_size=16, num_attention_heads=2,
+                   vocab_size=VOCAB, max_position_embeddings=SEQ, seq_length=SEQ,
+                   micro_batch_size=2, global_batch_size=2, train_iters=5, eval_iters=3,
+                   data_path=[train_prefix], split="100,0,0", valid_data_path=[valid_prefix],
+                   tokenizer_type="NullTokenizer")
+    train, valid = build_data(run_config_from_options(options))
+    valid_ids = {t for d in valid_docs for t in d} | {tokenizer.eod}
+    train_ids = {t for d in train_docs for t in d} | {tokenizer.eod}
+    assert len(valid) >= 6 and len(train) >= 10
+    for index in range(6):
+        assert set(valid[index]["tokens"].tolist()) <= valid_ids
+    for index in range(10):
+        assert set(train[index]["tokens"].tolist()) <= train_ids
+    with pytest.raises(ValueError, match="valid_data_path needs real training data"):
+        run_config_from_options({**options, "data_path": None, "mock_data": True})

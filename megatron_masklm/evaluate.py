@@ -1,0 +1,338 @@
+"""Perplexity of a Megatron checkpoint (any TP, hard masks) or of a Hugging Face directory
+(optionally with a mask file) on a text file or an indexed dataset.
+
+    torchrun --nproc-per-node TP tools/eval_ppl.py --load RUN_OR_CKPT --text eval.txt
+    python tools/eval_ppl.py --hf-dir HF_DIR [--masks masks.npz] --data-path PREFIX
+
+Windows (:func:`plan_windows`): the token stream is cut into windows of ``--seq-length`` tokens
+starting every ``--stride`` tokens (default: the window length, non-overlapping). Every token is
+scored once, by the first window that holds it with context before it: a non-overlapping window
+scores all its tokens but the first, a sliding one only those the previous window did not score.
+``--bos`` puts the tokenizer's BOS first in every window (and the window then also scores its
+first text token). ``--keep-last`` adds a last window, the stream's final ``--seq-length`` tokens,
+that scores the tail the full windows leave unscored. PPL = exp(sum of the scored tokens' NLL / their number), summed in float64.
+
+The defaults are ../shared/BENCHMARK.md's protocol: text tokenized whole without special
+tokens, non-overlapping 512-token windows, incomplete last window dropped.
+
+A Megatron checkpoint is loaded strictly (every tensor of the model must be there) at TP = the
+number of processes; a training run's mask logits give the final hard (argmax) N:M masks, as
+training's validation and the exported checkpoints use them. Logits beyond the tokenizer's
+vocabulary (Megatron's padding) are left out of the softmax.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Window:
+    """Tokens ``[start, start + length)`` of the stream; ``scored`` of them, at the end, are
+    predicted (from the token before each, or from BOS for the first one)."""
+
+    start: int
+    length: int
+    scored: int
+
+
+def plan_windows(num_tokens: int, *, seq_length: int, stride: Optional[int] = None,
+                 bos: bool = False, drop_last: bool = True) -> List[Window]:
+    """The windows that score a stream of ``num_tokens`` tokens (see the module docstring).
+
+    ``seq_length`` counts the BOS token when ``bos`` is set. Raises ValueError when the stream
+    holds no full window (or nothing to score).
+    """
+    text_length = seq_length - 1 if bos else seq_length
+    stride = text_length if stride is None else stride
+    if text_length < 1 or (not bos and seq_length < 2):
+        raise ValueError(f"seq_length {seq_length} is too short: need >= 2 tokens per window")
+    if not 1 <= stride <= text_length:
+        raise ValueError(f"stride {stride} must be between 1 and the window's {text_length} "
+                         f"text tokens (seq_length {seq_length}{' with BOS' if bos else ''})")
+    first_scored = 0 if bos else 1  # the first text token needs BOS (or nothing) before it
+    windows, scored_until, start = [], 0, 0
+    while start + text_length <= num_tokens:
+        begin = max(start + first_scored, scored_until)
+        windows.append(Window(start, text_length, start + text_length - begin))
+        scored_until = start + text_length
+        start += stride
+    if not drop_last and scored_until < num_tokens:  # the tail: the last window's worth
+        start = max(0, num_tokens - text_length)
+        begin = max(start + first_scored, scored_until)
+        if num_tokens - begin > 0:
+            windows.append(Window(start, num_tokens - start, num_tokens - begin))
+    if not windows or sum(w.scored for w in windows) == 0:
+        raise ValueError(f"{num_tokens} tokens hold no full window of {text_length} text tokens: "
+                         "pass a shorter --seq-length, --keep-last, or more text")
+    return windows
+
+
+def window_batches(ids: np.ndarray, windows: Sequence[Window], *, batch_size: int,
+                   bos_id: Optional[int]):
+    """Yield ``(tokens [b, s], targets [b, s - 1], score_mask [b, s - 1])`` batches; windows of
+    one batch have equal length (a shorter last window gets a batch of its own)."""
+    batch: List[Window] = []
+    for window in list(windows) + [None]:
+        if batch and (window is None or len(batch) == batch_size or window.length != batch[0].length):
+            rows = [ids[w.start:w.start + w.length] for w in batch]
+            tokens = torch.from_numpy(np.stack(rows).astype(np.int64))
+            if bos_id is not None:
+                tokens = torch.cat([torch.full((len(rows), 1), bos_id, dtype=torch.long), tokens], 1)
+            mask = torch.zeros(len(rows), tokens.shape[1] - 1, dtype=torch.bool)
+            for row, w in enumerate(batch):
+                mask[row, mask.shape[1] - w.scored:] = True
+            yield tokens, tokens[:, 1:], mask
+            batch = []
+        if window is not None:
+            batch.append(window)
+
+
+def score(logits_fn, ids: np.ndarray, windows: Sequence[Window], *, batch_size: int,
+          bos_id: Optional[int], vocab_size: int, progress: bool = False):
+    """``(NLL sum as float64, scored tokens)`` of ``logits_fn(tokens [b, s]) -> [b, s, >= V]``;
+    only the first ``vocab_size`` logits (the tokenizer's vocabulary) enter the softmax."""
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    batches = window_batches(ids, windows, batch_size=batch_size, bos_id=bos_id)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, total=math.ceil(len(windows) / batch_size), desc="eval",
+                       unit="batch", file=sys.stderr)
+    with torch.no_grad():
+        for tokens, targets, mask in batches:
+            logits = logits_fn(tokens)[:, :-1, :vocab_size].float()
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, vocab_size), targets.to(logits.device).reshape(-1),
+                reduction="none").view(targets.shape)
+            total += nll.double()[mask.to(nll.device)].sum().cpu()
+            count += int(mask.sum())
+    return total, count
+
+
+# ----------------------------------------------------------------------------- models
+def hf_logits_fn(hf_dir: str, *, masks: Optional[str] = None, pattern: Optional[str] = None,
+                 dtype: torch.dtype = torch.float32):
+    """``(logits_fn, tokenizer_dir)`` of a HF causal LM directory, with ``masks`` (a mask file
+    under HF names, either format) applied to its weights when given."""
+    from transformers import AutoModelForCausalLM
+
+    if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        raise ValueError(f"--hf-dir {hf_dir!r} is not a HF model directory (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype)
+    model.eval()
+    if masks:
+        _apply_hf_masks(model, masks, pattern)
+    device = next(model.parameters()).device
+    return (lambda tokens: model(input_ids=tokens.to(device), use_cache=False).logits), hf_dir
+
+
+def _apply_hf_masks(model, masks_path: str, pattern: Optional[str] = None) -> None:
+    """Multiply every masked weight by its mask, strictly: each mask must name a parameter of
+    the model and every linear MaskLLM masks must have one, exactly N:M (``pattern``, else the
+    file's, else 2:4)."""
+    from .hf.masks import _resolve_pattern, check_param, is_masked_weight
+    from .masking.compact import read_packed_masks
+
+    masks = read_packed_masks(masks_path)
+    nm = _resolve_pattern(pattern, masks.nm)
+    params = dict(model.named_parameters())
+    if model.config.tie_word_embeddings:
+        params.pop("lm_head.weight", None)
+    unknown = sorted(set(masks.packed) - set(params))
+    missing = sorted(n for n in params if is_masked_weight(n) and n not in masks.packed)
+    if unknown or missing:
+        raise ValueError(f"mask file {masks_path!r} does not match the model: masks for unknown "
+                         f"parameters {unknown[:3]}, no mask for {missing[:3]}")
+    with torch.no_grad():
+        for name in masks.packed:
+            weight = params[name]
+            keep = masks.unpack(name, tuple(weight.shape))
+            check = check_param(name, keep, *nm)
+            if check.over or check.under:
+                raise ValueError(f"mask {name!r} in {masks_path!r} is not exactly {nm[0]}:{nm[1]}")
+            weight.masked_fill_(~keep.to(weight.device), 0)
+
+
+def megatron_logits_fn(path: str, *, dtype: Optional[torch.dtype] = None):
+    """``(logits_fn, tokenizer_dir, info)`` of a Megatron checkpoint at TP = world size; every
+    rank calls ``logits_fn`` on the same tokens and gets the whole vocabulary's logits."""
+    from megatron.core import parallel_state
+
+    from . import mcore
+    from .convert.megatron_to_hf import checkpoint_sources, load_model, resolve_checkpoint
+    from .mcore.parallel import gather_global_tensor
+
+    root, directory = resolve_checkpoint(path)
+    shape, pattern, hf_config, tokenizer_dir = checkpoint_sources(root, directory)
+    model = load_model(directory, shape, pattern, dtype=dtype, sdpa_attention=True)
+    model.eval()
+    exact = all(mcore.check_nm(model).values())
+    group = parallel_state.get_tensor_model_parallel_group()
+    device = next(model.parameters()).device
+
+    def logits_fn(tokens):
+        tokens = tokens.to(device)
+        positions = torch.arange(tokens.shape[1], device=device).expand_as(tokens)
+        local = model(tokens, positions, None)  # [b, s, vocab / TP]
+        return gather_global_tensor(local, axis=-1, stride=1, group=group)
+
+    info = {"pattern": pattern, "exact_nm": exact if pattern else None,
+            "vocab_size": (hf_config or {}).get("vocab_size", shape.vocab_size)}
+    return logits_fn, tokenizer_dir, info
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Perplexity of a Megatron checkpoint (any TP, hard masks) or a HF directory "
+                    "(optionally masked) on a text file or an indexed dataset.",
+        epilog="Defaults are ../shared/BENCHMARK.md's protocol: non-overlapping 512-token "
+               "windows, no BOS, incomplete last window dropped.")
+    model = parser.add_argument_group("model (one of)")
+    model.add_argument("--load", help="Megatron checkpoint: a training run, a converted or pruned "
+                                      "checkpoint, or a dist checkpoint directory")
+    model.add_argument("--hf-dir", help="HF causal LM directory (one process)")
+    model.add_argument("--masks", help="with --hf-dir: mask file under HF names (npz or compact) "
+                                       "applied to the weights first")
+    model.add_argument("--pattern", help="N:M of --masks (default: the file's, else 2:4)")
+    data = parser.add_argument_group("data (one of)")
+    data.add_argument("--text", help="UTF-8 text file, tokenized whole without special tokens")
+    data.add_argument("--data-path", help="indexed dataset prefix (tools/preprocess_data.py), its "
+                                          "documents concatenated in order")
+    parser.add_argument("--tokenizer-type",
+                        choices=("HuggingFaceTokenizer", "SentencePieceTokenizer", "NullTokenizer"),
+                        help="default: the checkpoint's tokenizer/ (Megatron) or the HF directory's; "
+                             "NullTokenizer reads whitespace-separated ids (tests)")
+    parser.add_argument("--tokenizer-model", help="tokenizer file or directory")
+    parser.add_argument("--seq-length", type=int, default=512, help="tokens per window, BOS included")
+    parser.add_argument("--stride", type=int, help="tokens between window starts (default: "
+                                                   "non-overlapping windows)")
+    parser.add_argument("--bos", action="store_true", help="start every window with the BOS token")
+    parser.add_argument("--keep-last", action="store_true",
+                        help="also score the tail the full windows miss (with a last window of "
+                             "the final --seq-length tokens)")
+    parser.add_argument("--max-windows", type=int, help="score only the first K windows")
+    parser.add_argument("--micro-batch-size", type=int, default=4)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="compute dtype (default: float32 for HF, the checkpoint's for Megatron)")
+    parser.add_argument("--output", help="also write the JSON result here")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _check_args(args) -> None:
+    if (args.load is None) == (args.hf_dir is None):
+        raise ValueError("pass exactly one of --load (Megatron) and --hf-dir (HF)")
+    if args.masks and not args.hf_dir:
+        raise ValueError("--masks applies to --hf-dir; a Megatron run's masks come from its logits")
+    if args.masks and not os.path.isfile(args.masks):
+        raise ValueError(f"--masks {args.masks!r} does not exist")
+    if (args.text is None) == (args.data_path is None):
+        raise ValueError("pass exactly one of --text and --data-path")
+    if args.micro_batch_size < 1:
+        raise ValueError(f"--micro-batch-size {args.micro_batch_size} must be >= 1")
+    if args.max_windows is not None and args.max_windows < 1:
+        raise ValueError(f"--max-windows {args.max_windows} must be >= 1")
+    if args.hf_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--hf-dir runs in one process; use --load under torchrun")
+
+
+def _tokenizer(args, tokenizer_dir: Optional[str], vocab_size: int):
+    from .data.tokenizers import build_tokenizer, saved_tokenizer
+
+    kind, model = args.tokenizer_type, args.tokenizer_model
+    if kind == "NullTokenizer":
+        return build_tokenizer(kind, vocab_size=vocab_size)
+    if model is None:
+        found = saved_tokenizer(tokenizer_dir, kind=kind) if tokenizer_dir else None
+        if found is None:
+            raise ValueError(f"no tokenizer found in {tokenizer_dir!r}: pass --tokenizer-type "
+                             "and --tokenizer-model")
+        kind, model = found
+    return build_tokenizer(kind or "HuggingFaceTokenizer", tokenizer_model=model)
+
+
+def evaluate(args) -> Dict[str, Any]:
+    """Run the evaluation for parsed ``args``; returns the result (on every rank)."""
+    from .data.calibration import indexed_token_ids, text_token_ids
+
+    _check_args(args)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    started = time.perf_counter()
+    info: Dict[str, Any] = {}
+    owned = False
+    if args.hf_dir:
+        logits_fn, tokenizer_dir = hf_logits_fn(args.hf_dir, masks=args.masks,
+                                                pattern=args.pattern, dtype=dtype or torch.float32)
+        from transformers import AutoConfig
+
+        info["vocab_size"] = AutoConfig.from_pretrained(args.hf_dir).vocab_size
+    else:
+        from . import mcore
+
+        owned = not torch.distributed.is_initialized()
+        world = (int(os.environ.get("WORLD_SIZE", "1")) if owned
+                 else torch.distributed.get_world_size())
+        mcore.initialize_distributed(tensor_model_parallel_size=world, pipeline_model_parallel_size=1)
+    try:
+        if args.load:
+            logits_fn, tokenizer_dir, info = megatron_logits_fn(args.load, dtype=dtype)
+        tokenizer = _tokenizer(args, tokenizer_dir, info["vocab_size"])
+        if args.bos and getattr(tokenizer, "bos", None) is None:
+            raise ValueError("--bos: the tokenizer has no BOS token")
+        ids = (text_token_ids(args.text, tokenizer) if args.text
+               else indexed_token_ids(args.data_path))
+        if len(ids) and int(ids.max()) >= info["vocab_size"]:
+            raise ValueError(f"token id {int(ids.max())} is outside the model's vocabulary of "
+                             f"{info['vocab_size']}: use the model's tokenizer")
+        windows = plan_windows(len(ids), seq_length=args.seq_length, stride=args.stride,
+                               bos=args.bos, drop_last=not args.keep_last)
+        windows = windows[:args.max_windows] if args.max_windows else windows
+        loaded = time.perf_counter()
+        rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        total, count = score(logits_fn, ids, windows, batch_size=args.micro_batch_size,
+                             bos_id=tokenizer.bos if args.bos else None,
+                             vocab_size=info["vocab_size"],
+                             progress=rank0 and not args.no_progress)
+    finally:
+        if owned:
+            from . import mcore
+
+            mcore.destroy_distributed()
+    nll = total.item() / count
+    return {"model": args.load or args.hf_dir, "masks": args.masks,
+            "data": args.text or args.data_path, "ppl": math.exp(nll), "nll": nll,
+            "scored_tokens": count, "windows": len(windows), "stream_tokens": int(len(ids)),
+            "seq_length": args.seq_length, "stride": args.stride or windows[0].length,
+            "bos": args.bos, "drop_last": not args.keep_last,
+            "exact_nm": info.get("exact_nm"), "pattern": info.get("pattern"),
+            "eval_seconds": round(time.perf_counter() - loaded, 2),
+            "total_seconds": round(time.perf_counter() - started, 2)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = evaluate(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        if args.output:
+            from .fileio import atomic_write_text
+
+            atomic_write_text(args.output, json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""Perplexity of a Megatron checkpoint (any TP) or a HF directory; see megatron_masklm/evaluate.py.
+
+    torchrun --nproc-per-node 2 tools/eval_ppl.py --load runs/smollm2 --text eval.txt
+    python tools/eval_ppl.py --hf-dir hf/smollm2 --masks masks.npz --text eval.txt --output ppl.json
+"""
+import sys
+
+from megatron_masklm.evaluate import main
+
+if __name__ == "__main__":
+    sys.exit(main())
