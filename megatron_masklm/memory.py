@@ -1,0 +1,843 @@
+"""Training memory per GPU of MaskLLM mask training on Megatron-Core (pure arithmetic).
+
+    python tools/estimate_memory.py --model llama2-7b --tensor-model-parallel-size 8 \\
+        --data-parallel-size 8 --bf16 --sequence-parallel
+
+Nothing here imports megatron.core: the numbers follow from the model shape and the launch
+settings alone, laid out the way this project's builders lay them out
+(``megatron_masklm.training.builders``: Megatron's DDP with ``grad_reduce_in_fp32``, Adam
+through ``get_megatron_optimizer``, the distributed optimizer by default).
+
+What is exact and what is an estimate
+-------------------------------------
+*Exact* (a test builds the model with the project's builders, takes an optimizer step and
+counts the real tensors; ``tests/unit/test_estimate_memory.py``):
+
+* ``weights``: every parameter but the logits (embeddings, output layer, norms, linears), in the
+  weight dtype; frozen unless ``--train-weights``. Vocabulary padded as Megatron-LM pads it (a
+  multiple of 128 x TP). The first pipeline stage holds the embedding, the last the output
+  layer; with tied embeddings and PP > 1 the last stage keeps its own copy (Megatron does).
+* ``mask_logits``: fp32, ``[rows, in/M, C(M,N)]`` per masked linear (every decoder linear: qkv,
+  proj, fc1, fc2; never embeddings, head or norms): C(M,N)/M values per masked weight (1.5 for
+  2:4).
+* ``ddp_param_padding``: with the distributed optimizer, DDP moves the trainable parameters into
+  one buffer per dtype whose parameters start at multiples of 64 elements and whose buckets end
+  at multiples of lcm(DP, 128).
+* ``grad_buffers``: DDP's fp32 gradient buffers for the trainable parameters (same layout).
+* ``optimizer_states``: Adam's exp_avg and exp_avg_sq in fp32, plus an fp32 main copy of every
+  trainable parameter that is not fp32 (bf16 weights with ``--train-weights``; the logits are
+  fp32 already). The distributed optimizer keeps only the elements of its 1/DP share of each
+  bucket; the figure is the DP rank that holds the most.
+* ``mask_softmax_saved``, ``mask_index_saved``, ``masked_weight_saved``: what each masked
+  linear's forward keeps for the backward, per micro-batch in flight: the fused masked-weight
+  function saves the softmax probabilities (C/M fp32 values per weight) and, with
+  ``--hard-sampling``, the sampled candidate index (int64 per group of M); Megatron's GEMM
+  keeps the masked weight W * M~ (weight dtype) for the input gradient, as it keeps any weight.
+  With full recomputation only the one layer being recomputed holds them.
+
+*Estimates*:
+
+* ``activations``: what autograd keeps for the backward outside the masked weights, counted
+  tensor by tensor as Korthikanti et al. (2022), "Reducing Activation Recomputation in Large
+  Transformer Models", section 4.1, count them (their eq. 1-2: sbh(34 + 5as/h) bytes per layer
+  with 2-byte activations, no TP), redone for this model: no dropout (the project trains with
+  dropout 0), RMSNorm and SwiGLU for LLaMA (LayerNorm, GeLU and biases for GPT), grouped-query
+  attention, fp32 softmax. With s tokens, b sequences, hidden h, FFN f, a heads, g key/value
+  groups of width d = h/a, TP t, activation bytes e (2 for bf16, 4 for fp32), and
+  u = 1/t with sequence parallelism, else 1 (the tensors sequence parallelism shards), one
+  layer keeps (bytes)::
+
+      norms and their linears' inputs  4 e s b h u
+      attention, flash (TE fused)      e s b (2h + 2 g d) / t + 4 a s b / t   (Q, K, V, output, LSE)
+      attention, local (unfused)       4 e s b h / t + (4 + e [e = 2]) a s^2 b / t
+                                       (Q, K and V repeated to every head, context, fp32 softmax
+                                       and its e-byte copy)
+      attention, selective recompute   e s b (2h + 2 g d) / t   (the checkpointed Q, K, V, output)
+      MLP, SwiGLU                      4 e s b f / t   (gate and up halves, silu(gate), fc2 input)
+      MLP, GeLU                        2 e s b f / t   (gelu input, fc2 input)
+
+  Full recomputation (uniform, one layer per checkpoint) keeps only each layer's input
+  (e s b h u) plus one layer's activations while it is recomputed. The last stage adds the
+  final norm's and output layer's inputs (2 e s b h u) and the cross entropy's fp32 softmax
+  (4 s b V / t). Under 1F1B pipelining stage i holds min(PP - i, micro-batches) micro-batches.
+  The CPU test measures the saved tensors of a real step and checks them loosely.
+* ``transient_workspace``: the largest short-lived peak on top: the backward of the largest
+  masked linear (the masked weight's gradient, the recomputed fp32 mask, fp32 copies of weight
+  and gradient when they are bf16, the mask gradient, and three C/M-sized fp32 tensors for the
+  softmax backward: s (w + 8 + 8 [bf16] + 12 C/M) bytes for s weights of w bytes), or on the
+  last stage the logits and their fp32 copy in the loss, (e + 4) s b V / t.
+
+Not included: the CUDA context and NCCL buffers (about 1-2 GiB), allocator fragmentation, and
+the optimizer step's temporaries. Keep a few GiB of headroom.
+
+Worked examples (the paper's setup: 64 A100-80GB, TP 8, PP 1, DP 8, bf16, micro-batch 1 of 4,096
+tokens, the distributed optimizer, mask-only training, sequence parallelism as the LLaMA configs
+in examples/configs set it, Transformer Engine's fused attention)::
+
+    $ python tools/estimate_memory.py --model llama2-7b --tensor-model-parallel-size 8 \\
+          --data-parallel-size 8 --bf16 --sequence-parallel
+    MaskLLM 2:4 mask training, memory per GPU (mask-only)
+    model: llama, 32 layers, hidden 4096, FFN 11008, 32 heads, 32 key/value groups,
+           vocabulary 32000 padded to 32768, untied embeddings
+    parallel: TP 8 x PP 1 x DP 8 = 64 GPUs, sequence parallel on, distributed optimizer
+    batch: micro-batch 1 x 4096 tokens, bf16 weights, recompute none, flash attention
+
+    stage 0: layers 0-31, 809,500,672 masked weights, 1 micro-batch in flight
+                                                           bytes       GiB
+      weights (frozen, bf16)                       1,686,642,688      1.57
+      mask logits (fp32)                           4,857,004,032      4.52
+      gradient buffers (fp32)                      4,857,004,032      4.52
+      optimizer states (Adam, sharded over DP)     1,214,251,008      1.13
+      mask softmax saved for backward (fp32)       4,857,004,032      4.52
+      masked weights W*M~ saved by the GEMMs       1,619,001,344      1.51
+      activations (estimate)                       2,594,177,024      2.42
+      transient workspace (estimate)                 405,798,912      0.38
+      total                                       22,090,883,072     20.57
+
+    peak 20.57 GiB per GPU: fits in 80 GiB
+    not included: CUDA context and NCCL buffers (~1-2 GiB), allocator fragmentation,
+                  optimizer-step temporaries
+
+    $ python tools/estimate_memory.py --model llama2-13b --tensor-model-parallel-size 8 \\
+          --data-parallel-size 8 --bf16 --sequence-parallel
+    MaskLLM 2:4 mask training, memory per GPU (mask-only)
+    model: llama, 40 layers, hidden 5120, FFN 13824, 40 heads, 40 key/value groups,
+           vocabulary 32000 padded to 32768, untied embeddings
+    parallel: TP 8 x PP 1 x DP 8 = 64 GPUs, sequence parallel on, distributed optimizer
+    batch: micro-batch 1 x 4096 tokens, bf16 weights, recompute none, flash attention
+
+    stage 0: layers 0-39, 1,585,971,200 masked weights, 1 micro-batch in flight
+                                                           bytes       GiB
+      weights (frozen, bf16)                       3,256,657,920      3.03
+      mask logits (fp32)                           9,515,827,200      8.86
+      gradient buffers (fp32)                      9,515,827,200      8.86
+      optimizer states (Adam, sharded over DP)     2,378,956,800      2.22
+      mask softmax saved for backward (fp32)       9,515,827,200      8.86
+      masked weights W*M~ saved by the GEMMs       3,171,942,400      2.95
+      activations (estimate)                       4,023,517,184      3.75
+      transient workspace (estimate)                 637,009,920      0.59
+      total                                       42,015,565,824     39.13
+
+    peak 39.13 GiB per GPU: fits in 80 GiB
+    not included: CUDA context and NCCL buffers (~1-2 GiB), allocator fragmentation,
+                  optimizer-step temporaries
+
+Both fit in 80 GB without activation recomputation: about 21 GiB (7B) and 39 GiB (13B) per GPU.
+The same runs with Megatron's unfused local attention need about 33 and 58 GiB, without
+sequence parallelism 24 and 45 GiB, with full recomputation 13 and 24 GiB, and with the
+non-distributed optimizer 28 and 55 GiB.
+
+Against a GPU: tools/gpu_check.sh trains a SmolLM2-135M-shaped model (bf16, local attention,
+micro-batch 8 x 2,048 tokens, TP 1) on one H200 and README.md reports a peak of 70.7 GiB
+allocated; ``--model smollm2-135m --bf16 --micro-batch-size 8 --seq-length 2048 --attention
+local --global-batch-size 32`` estimates 71.4 GiB, most of it the local attention's scores.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .masking.candidates import parse_nm
+
+GIB = 1024 ** 3
+
+FAMILIES = ("llama", "gpt")
+RECOMPUTE_CHOICES = ("none", "selective", "full")
+ATTENTION_CHOICES = ("flash", "local")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Architecture:
+    """A decoder-only model's shape; the field names are ModelShape's (mcore/model.py)."""
+
+    family: str = "llama"
+    """"llama": RMSNorm, SwiGLU, RoPE, no biases; "gpt": LayerNorm, GeLU, learned positions,
+    biases."""
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_attention_heads: int
+    num_query_groups: Optional[int] = None
+    """Key/value heads (grouped-query attention); None: one per attention head."""
+    vocab_size: int
+    """The tokenizer's vocabulary; padded to a multiple of make_vocab_size_divisible_by x TP."""
+    max_position_embeddings: int = 4096
+    """Rows of the learned position embedding (GPT family only)."""
+    tied_embeddings: bool = False
+
+    @property
+    def groups(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass(frozen=True, kw_only=True)
+class Setup:
+    """How the model is trained: parallel sizes, precision, batch, optimizer, masks."""
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    data_parallel_size: int = 1
+    n: int = 2
+    m: int = 4
+    bf16: bool = False
+    """bf16 weights and activations (the logits stay fp32); else fp32."""
+    micro_batch_size: int = 1
+    seq_length: int = 4096
+    global_batch_size: Optional[int] = None
+    """Only bounds the micro-batches a pipeline stage holds; None: at least PP of them."""
+    use_distributed_optimizer: bool = True
+    train_weights: bool = False
+    hard_sampling: bool = False
+    sequence_parallel: bool = False
+    """Takes effect only with TP > 1, as in the builders."""
+    recompute_granularity: str = "none"
+    attention: str = "flash"
+    """"flash": Transformer Engine's fused attention; "local": Megatron's unfused local spec."""
+    make_vocab_size_divisible_by: int = 128
+
+    @property
+    def candidates(self) -> int:
+        return math.comb(self.m, self.n)
+
+    @property
+    def weight_bytes(self) -> int:
+        return 2 if self.bf16 else 4
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a pipeline stage, as Megatron registers it (local spec order)."""
+
+    name: str
+    numel: int
+    bytes_per_element: int
+    trainable: bool
+    shared_embedding: bool = False
+
+    @property
+    def is_logits(self) -> bool:
+        return self.name.endswith("mask_logits")
+
+
+@dataclass(frozen=True)
+class MaskedLinear:
+    """One masked linear's weight shard on a TP rank: ``rows`` x ``inputs``."""
+
+    name: str
+    rows: int
+    inputs: int
+
+    @property
+    def numel(self) -> int:
+        return self.rows * self.inputs
+
+
+@dataclass
+class Item:
+    """One line of the breakdown."""
+
+    key: str
+    label: str
+    bytes: int
+    exact: bool
+
+
+@dataclass
+class StageEstimate:
+    """The breakdown for one GPU of one pipeline stage."""
+
+    stage: int
+    layers: Tuple[int, int]
+    microbatches_in_flight: int
+    masked_weights: int
+    items: List[Item]
+
+    @property
+    def total(self) -> int:
+        return sum(item.bytes for item in self.items)
+
+    def bytes_of(self, key: str) -> int:
+        return next(item.bytes for item in self.items if item.key == key)
+
+
+@dataclass
+class Estimate:
+    """The whole estimate: the inputs as resolved, and one breakdown per pipeline stage."""
+
+    architecture: Architecture
+    setup: Setup
+    padded_vocab_size: int
+    stages: List[StageEstimate]
+    gpu_memory_gib: float
+
+    @property
+    def peak(self) -> StageEstimate:
+        return max(self.stages, key=lambda stage: stage.total)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak.total <= self.gpu_memory_gib * GIB
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able: every figure in bytes and GiB."""
+        setup = self.setup
+        return {
+            "architecture": dataclasses.asdict(self.architecture),
+            "setup": {**dataclasses.asdict(setup), "pattern": f"{setup.n}:{setup.m}",
+                      "sequence_parallel": _sequence_parallel(setup)},
+            "padded_vocab_size": self.padded_vocab_size,
+            "world_size": (setup.tensor_model_parallel_size * setup.pipeline_model_parallel_size
+                           * setup.data_parallel_size),
+            "stages": [{
+                "stage": stage.stage, "layers": list(stage.layers),
+                "microbatches_in_flight": stage.microbatches_in_flight,
+                "masked_weights": stage.masked_weights,
+                "items": {item.key: {"bytes": item.bytes, "gib": item.bytes / GIB,
+                                     "exact": item.exact, "label": item.label}
+                          for item in stage.items},
+                "total_bytes": stage.total, "total_gib": stage.total / GIB,
+            } for stage in self.stages],
+            "peak_stage": self.peak.stage, "peak_bytes": self.peak.total,
+            "peak_gib": self.peak.total / GIB, "gpu_memory_gib": self.gpu_memory_gib,
+            "fits": self.fits,
+        }
+
+
+PRESETS: Dict[str, Architecture] = {
+    "llama2-7b": Architecture(num_layers=32, hidden_size=4096, ffn_hidden_size=11008,
+                              num_attention_heads=32, num_query_groups=32, vocab_size=32000),
+    "llama2-13b": Architecture(num_layers=40, hidden_size=5120, ffn_hidden_size=13824,
+                               num_attention_heads=40, num_query_groups=40, vocab_size=32000),
+    "smollm2-135m": Architecture(num_layers=30, hidden_size=576, ffn_hidden_size=1536,
+                                 num_attention_heads=9, num_query_groups=3, vocab_size=49152,
+                                 max_position_embeddings=8192, tied_embeddings=True),
+}
+"""Model shapes by name (as examples/configs and the SmolLM2 benchmark use them)."""
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+def check(arch: Architecture, setup: Setup) -> None:
+    """Raise ValueError naming the first setting Megatron or the masked layers would refuse."""
+    for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                 "vocab_size", "max_position_embeddings"):
+        _positive(name, getattr(arch, name))
+    if arch.num_query_groups is not None:
+        _positive("num_query_groups", arch.num_query_groups)
+    for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+                 "data_parallel_size", "micro_batch_size", "seq_length",
+                 "make_vocab_size_divisible_by"):
+        _positive(name, getattr(setup, name))
+    if arch.family not in FAMILIES:
+        raise ValueError(f"family {arch.family!r} is not one of {FAMILIES}")
+    if setup.recompute_granularity not in RECOMPUTE_CHOICES:
+        raise ValueError(f"recompute_granularity {setup.recompute_granularity!r} is not one of "
+                         f"{RECOMPUTE_CHOICES}")
+    if setup.attention not in ATTENTION_CHOICES:
+        raise ValueError(f"attention {setup.attention!r} is not one of {ATTENTION_CHOICES}")
+    parse_nm(f"{setup.n}:{setup.m}")
+    tp, pp, m = setup.tensor_model_parallel_size, setup.pipeline_model_parallel_size, setup.m
+    h, f, a, g = arch.hidden_size, arch.ffn_hidden_size, arch.num_attention_heads, arch.groups
+    if h % a:
+        raise ValueError(f"hidden_size {h} is not divisible by num_attention_heads {a}")
+    if a % g:
+        raise ValueError(f"num_attention_heads {a} is not divisible by num_query_groups {g}")
+    if g % tp:  # heads are a multiple of groups, so they split too
+        raise ValueError(f"num_query_groups {g} is not divisible by tensor-parallel size {tp}: "
+                         "pick a TP size that divides it")
+    if f % tp:
+        raise ValueError(f"ffn_hidden_size {f} is not divisible by tensor-parallel size {tp}")
+    if arch.num_layers % pp:
+        raise ValueError(f"num_layers {arch.num_layers} is not divisible by pipeline-parallel "
+                         f"size {pp}")
+    inputs = {"linear_qkv and linear_fc1 (hidden_size)": h,
+              "linear_proj (hidden_size / TP)": h // tp,
+              "linear_fc2 (ffn_hidden_size / TP)": f // tp}
+    for what, size in inputs.items():
+        if size % m:
+            raise ValueError(f"the input dimension of {what} is {size}, not divisible by M={m}: "
+                             "N:M groups run along each rank's input dimension; choose an M or "
+                             "a TP size that divides it")
+    if setup.global_batch_size is not None:
+        _positive("global_batch_size", setup.global_batch_size)
+        per_step = setup.micro_batch_size * setup.data_parallel_size
+        if setup.global_batch_size % per_step:
+            raise ValueError(f"global_batch_size {setup.global_batch_size} is not a positive "
+                             f"multiple of micro_batch_size x data-parallel size ({per_step})")
+
+
+def _positive(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+# --- what each stage holds ----------------------------------------------------------------------
+
+def padded_vocab_size(vocab_size: int, *, tensor_model_parallel_size: int,
+                      make_vocab_size_divisible_by: int = 128) -> int:
+    """Embedding rows as Megatron-LM pads them: a multiple of divisor x TP."""
+    multiple = make_vocab_size_divisible_by * tensor_model_parallel_size
+    return -(-vocab_size // multiple) * multiple
+
+
+def stage_layers(arch: Architecture, setup: Setup, stage: int) -> range:
+    """The global indices of the transformer layers on pipeline stage ``stage``."""
+    per_stage = arch.num_layers // setup.pipeline_model_parallel_size
+    return range(stage * per_stage, (stage + 1) * per_stage)
+
+
+def layer_masked_linears(arch: Architecture, setup: Setup) -> List[MaskedLinear]:
+    """One layer's masked linears as shards of one TP rank: column-parallel qkv and fc1 split
+    rows, row-parallel proj and fc2 split inputs."""
+    tp, h, d = setup.tensor_model_parallel_size, arch.hidden_size, arch.head_dim
+    fc1_rows = arch.ffn_hidden_size * (2 if arch.family == "llama" else 1)
+    return [
+        MaskedLinear("self_attention.linear_proj", h, arch.num_attention_heads * d // tp),
+        MaskedLinear("self_attention.linear_qkv",
+                     (arch.num_attention_heads + 2 * arch.groups) * d // tp, h),
+        MaskedLinear("mlp.linear_fc1", fc1_rows // tp, h),
+        MaskedLinear("mlp.linear_fc2", h, arch.ffn_hidden_size // tp),
+    ]
+
+
+def stage_parameters(arch: Architecture, setup: Setup, stage: int) -> List[Param]:
+    """Every parameter of one rank of ``stage``, in Megatron's order (local layer spec)."""
+    tp, pp = setup.tensor_model_parallel_size, setup.pipeline_model_parallel_size
+    h = arch.hidden_size
+    w, gpt = setup.weight_bytes, arch.family == "gpt"
+    vocab = padded_vocab_size(arch.vocab_size, tensor_model_parallel_size=tp,
+                              make_vocab_size_divisible_by=setup.make_vocab_size_divisible_by)
+    train = setup.train_weights
+    first, last = stage == 0, stage == pp - 1
+    params: List[Param] = []
+
+    def weight(name, numel, shared=False):
+        params.append(Param(name, numel, w, train, shared))
+
+    def norm(name):
+        weight(f"{name}.weight", h)
+        if gpt:
+            weight(f"{name}.bias", h)
+
+    if first:
+        weight("embedding.word_embeddings.weight", vocab // tp * h,
+               shared=arch.tied_embeddings and pp > 1)
+        if gpt:
+            weight("embedding.position_embeddings.weight", arch.max_position_embeddings * h)
+    linears = {linear.name: linear for linear in layer_masked_linears(arch, setup)}
+    biases = {"self_attention.linear_proj": h, "mlp.linear_fc2": h,  # row-parallel: not split
+              "self_attention.linear_qkv": linears["self_attention.linear_qkv"].rows,
+              "mlp.linear_fc1": linears["mlp.linear_fc1"].rows}
+    for local in range(len(stage_layers(arch, setup, stage))):  # a stage numbers its layers from 0
+        prefix = f"decoder.layers.{local}"
+        for block, names in (("input_layernorm", ("self_attention.linear_proj",
+                                                  "self_attention.linear_qkv")),
+                             ("pre_mlp_layernorm", ("mlp.linear_fc1", "mlp.linear_fc2"))):
+            norm(f"{prefix}.{block}")
+            for name in names:
+                linear = linears[name]
+                weight(f"{prefix}.{name}.weight", linear.numel)
+                if gpt:
+                    weight(f"{prefix}.{name}.bias", biases[name])
+                params.append(Param(f"{prefix}.{name}.mask_logits",
+                                    linear.numel // setup.m * setup.candidates, 4, True))
+    if last:
+        norm("decoder.final_layernorm")
+        if not arch.tied_embeddings or pp > 1:
+            weight("output_layer.weight", vocab // tp * h, shared=arch.tied_embeddings)
+    return params
+
+
+# --- DDP buffers and the optimizer ----------------------------------------------------------------
+
+@dataclass
+class Bucket:
+    """A contiguous range of a DDP buffer and the parameters laid out in it."""
+
+    start: int
+    end: int
+    params: List[Tuple[Param, int, int]]  # (param, start, end) in buffer elements
+
+
+@dataclass
+class Buffer:
+    """One DDP param-and-grad buffer: the trainable parameters of one dtype."""
+
+    bytes_per_element: int
+    numel: int
+    buckets: List[Bucket]
+
+    @property
+    def param_numel(self) -> int:
+        return sum(p.numel for bucket in self.buckets for p, _, _ in bucket.params)
+
+
+def ddp_buffers(params: Sequence[Param], setup: Setup) -> List[Buffer]:
+    """Lay the trainable parameters out as Megatron's DistributedDataParallel does.
+
+    One buffer per parameter dtype (gradients fp32: the builders reduce in fp32), filled in
+    reverse registration order. The builders leave overlap_grad_reduce off, so there is one
+    bucket per buffer, except that with the distributed optimizer a shared (tied, PP > 1)
+    embedding gets a bucket of its own. With the distributed optimizer each parameter starts at
+    a multiple of 64 elements and each bucket ends at a multiple of lcm(DP, 128).
+    """
+    distributed = setup.use_distributed_optimizer
+    divisor = math.lcm(setup.data_parallel_size, 128)
+
+    def pad(value, multiple):
+        return -(-value // multiple) * multiple if distributed else value
+
+    by_dtype: Dict[int, List[Param]] = {}
+    for param in params:
+        if param.trainable:
+            by_dtype.setdefault(param.bytes_per_element, []).append(param)
+    buffers = []
+    for element_bytes, group in by_dtype.items():
+        buckets: List[Bucket] = []
+        bucket_start, position, current = 0, 0, []
+
+        def close(end):
+            nonlocal bucket_start, current
+            end = pad(end, divisor)
+            buckets.append(Bucket(bucket_start, end, current))
+            bucket_start, current = end, []
+            return end
+
+        for param in reversed(group):
+            position = pad(position, 64)
+            own_bucket = param.shared_embedding and distributed
+            if own_bucket and current:
+                position = close(position)
+            current.append((param, position, position + param.numel))
+            position += param.numel
+            if own_bucket:
+                position = close(position)
+        if current:
+            close(position)
+        buffers.append(Buffer(element_bytes, buckets[-1].end, buckets))
+    return buffers
+
+
+def optimizer_state_bytes(buffers: Sequence[Buffer], setup: Setup, dp_rank: int) -> int:
+    """Adam state of one DP rank: exp_avg and exp_avg_sq (fp32) for every element it updates,
+    plus an fp32 main copy of those that are not fp32."""
+    total = 0
+    for buffer in buffers:
+        per_element = 8 + (4 if buffer.bytes_per_element != 4 else 0)
+        for bucket in buffer.buckets:
+            if setup.use_distributed_optimizer:
+                share = (bucket.end - bucket.start) // setup.data_parallel_size
+                lo = bucket.start + dp_rank * share
+                hi = lo + share
+            else:
+                lo, hi = bucket.start, bucket.end
+            owned = sum(max(0, min(end, hi) - max(start, lo)) for _, start, end in bucket.params)
+            total += owned * per_element
+    return total
+
+
+# --- activations ----------------------------------------------------------------------------------
+
+def _sequence_parallel(setup: Setup) -> bool:
+    return setup.sequence_parallel and setup.tensor_model_parallel_size > 1
+
+
+def activation_bytes_per_layer(arch: Architecture, setup: Setup) -> int:
+    """Estimate: what one transformer layer keeps for the backward, one micro-batch, no
+    recomputation beyond ``setup.recompute_granularity == "selective"`` (module docstring)."""
+    t, e = setup.tensor_model_parallel_size, setup.weight_bytes
+    sb = setup.seq_length * setup.micro_batch_size
+    h, f, a = arch.hidden_size, arch.ffn_hidden_size, arch.num_attention_heads
+    kv = arch.groups * arch.head_dim
+    u = t if _sequence_parallel(setup) else 1
+    norms = 4 * e * sb * h // u  # each norm's input and its linear's input, twice
+    if setup.recompute_granularity == "selective":
+        attention = e * sb * (2 * h + 2 * kv) // t
+    elif setup.attention == "flash":
+        attention = e * sb * (2 * h + 2 * kv) // t + 4 * a * sb // t
+    else:
+        softmax = 4 + (e if e != 4 else 0)
+        attention = 4 * e * sb * h // t + softmax * a * setup.seq_length * sb // t
+    mlp = (4 if arch.family == "llama" else 2) * e * sb * f // t
+    return norms + attention + mlp
+
+
+def microbatches_in_flight(setup: Setup, stage: int) -> int:
+    """Micro-batches whose activations stage ``stage`` holds at once under 1F1B."""
+    in_flight = setup.pipeline_model_parallel_size - stage
+    if setup.global_batch_size is not None:
+        per_rank = setup.global_batch_size // (setup.micro_batch_size * setup.data_parallel_size)
+        in_flight = min(in_flight, per_rank)
+    return in_flight
+
+
+# --- the estimate ---------------------------------------------------------------------------------
+
+def estimate(arch: Architecture, setup: Setup, *, gpu_memory_gib: float = 80.0) -> Estimate:
+    """The per-GPU breakdown of every pipeline stage."""
+    check(arch, setup)
+    tp, pp = setup.tensor_model_parallel_size, setup.pipeline_model_parallel_size
+    vocab = padded_vocab_size(arch.vocab_size, tensor_model_parallel_size=tp,
+                              make_vocab_size_divisible_by=setup.make_vocab_size_divisible_by)
+    w = e = setup.weight_bytes  # weights and activations share the dtype
+    per_group = setup.candidates  # fp32 logits (or softmax values) per group of M weights
+    sb = setup.seq_length * setup.micro_batch_size
+    u = tp if _sequence_parallel(setup) else 1
+    layer = layer_masked_linears(arch, setup)
+    layer_numel = sum(linear.numel for linear in layer)
+    largest = max(linear.numel for linear in layer)
+    full = setup.recompute_granularity == "full"
+    stages = []
+    for stage in range(pp):
+        params = stage_parameters(arch, setup, stage)
+        buffers = ddp_buffers(params, setup)
+        layers = stage_layers(arch, setup, stage)
+        in_flight = microbatches_in_flight(setup, stage)
+        masked = layer_numel * len(layers)
+        held = layer_numel if full else masked * in_flight  # weights whose mask state is saved
+        per_layer = activation_bytes_per_layer(arch, setup)
+        if full:
+            activations = in_flight * len(layers) * e * sb * arch.hidden_size // u + per_layer
+        else:
+            activations = in_flight * len(layers) * per_layer
+        if stage == pp - 1:  # final norm and output layer inputs, the loss's fp32 softmax
+            activations += in_flight * (2 * e * sb * arch.hidden_size // u + 4 * sb * vocab // tp)
+        workspace = largest * (w + 8 + (8 if w != 4 else 0)) + 12 * largest // setup.m * per_group
+        if stage == pp - 1:
+            workspace = max(workspace, (e + 4) * sb * vocab // tp)
+        param_padding = sum((buffer.numel - buffer.param_numel) * buffer.bytes_per_element
+                            for buffer in buffers) if setup.use_distributed_optimizer else 0
+        weights_label = "weights (trained, " if setup.train_weights else "weights (frozen, "
+        items = [
+            Item("weights", weights_label + ("bf16)" if setup.bf16 else "fp32)"),
+                 sum(p.numel * p.bytes_per_element for p in params if not p.is_logits), True),
+            Item("mask_logits", "mask logits (fp32)",
+                 sum(p.numel * 4 for p in params if p.is_logits), True),
+            Item("ddp_param_padding", "DDP param buffer padding", param_padding, True),
+            Item("grad_buffers", "gradient buffers (fp32)",
+                 sum(buffer.numel * 4 for buffer in buffers), True),
+            Item("optimizer_states", "optimizer states (Adam" +
+                 (", sharded over DP)" if setup.use_distributed_optimizer else ")"),
+                 max(optimizer_state_bytes(buffers, setup, rank)
+                     for rank in range(setup.data_parallel_size if
+                                       setup.use_distributed_optimizer else 1)), True),
+            Item("mask_softmax_saved", "mask softmax saved for backward (fp32)",
+                 held // setup.m * per_group * 4, True),
+            Item("mask_index_saved", "hard-sample index saved (int64)",
+                 held // setup.m * 8 if setup.hard_sampling else 0, True),
+            Item("masked_weight_saved", "masked weights W*M~ saved by the GEMMs",
+                 held * w, True),
+            Item("activations", "activations (estimate)", activations, False),
+            Item("transient_workspace", "transient workspace (estimate)", workspace, False),
+        ]
+        stages.append(StageEstimate(stage, (layers.start, layers.stop - 1), in_flight, masked,
+                                    items))
+    return Estimate(arch, setup, vocab, stages, gpu_memory_gib)
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+OPTIONAL_ITEMS = ("ddp_param_padding", "mask_index_saved")
+"""Lines the table leaves out when they are zero (the JSON always has them)."""
+
+
+def format_table(result: Estimate) -> str:
+    """A readable report: settings, one block per group of identical stages, the verdict."""
+    arch, setup = result.architecture, result.setup
+    tp, pp, dp = (setup.tensor_model_parallel_size, setup.pipeline_model_parallel_size,
+                  setup.data_parallel_size)
+    lines = [
+        f"MaskLLM {setup.n}:{setup.m} mask training, memory per GPU "
+        f"({'joint weight training' if setup.train_weights else 'mask-only'})",
+        f"model: {arch.family}, {arch.num_layers} layers, hidden {arch.hidden_size}, "
+        f"FFN {arch.ffn_hidden_size}, {arch.num_attention_heads} heads, {arch.groups} "
+        "key/value groups,",
+        f"       vocabulary {arch.vocab_size} padded to {result.padded_vocab_size}, "
+        f"{'tied' if arch.tied_embeddings else 'untied'} embeddings",
+        f"parallel: TP {tp} x PP {pp} x DP {dp} = {_plural(tp * pp * dp, 'GPU')}, "
+        f"sequence parallel {'on' if _sequence_parallel(setup) else 'off'}, "
+        f"{'distributed' if setup.use_distributed_optimizer else 'non-distributed'} optimizer",
+        f"batch: micro-batch {setup.micro_batch_size} x {setup.seq_length} tokens, "
+        f"{'bf16' if setup.bf16 else 'fp32'} weights, recompute {setup.recompute_granularity}, "
+        f"{setup.attention} attention",
+    ]
+    groups: List[List[StageEstimate]] = []
+    for stage in result.stages:
+        if groups and [i.bytes for i in groups[-1][0].items] == [i.bytes for i in stage.items]:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    width = max(len(item.label) for item in result.stages[0].items)
+    for group in groups:
+        stage = group[0]
+        names = (f"stage {stage.stage}" if len(group) == 1
+                 else f"stages {group[0].stage}-{group[-1].stage} (each)")
+        lines += ["", f"{names}: layers {stage.layers[0]}-{stage.layers[1]}, "
+                      f"{stage.masked_weights:,} masked weights, "
+                      f"{_plural(stage.microbatches_in_flight, 'micro-batch')} in flight",
+                  f"  {'':{width}}  {'bytes':>16}  {'GiB':>8}"]
+        for item in stage.items:
+            if not item.bytes and item.key in OPTIONAL_ITEMS:
+                continue
+            lines.append(f"  {item.label:{width}}  {item.bytes:>16,}  {item.bytes / GIB:>8.2f}")
+        lines.append(f"  {'total':{width}}  {stage.total:>16,}  {stage.total / GIB:>8.2f}")
+    peak = result.peak
+    verdict = "fits" if result.fits else "does NOT fit"
+    where = f" (stage {peak.stage})" if pp > 1 else ""
+    lines += ["", f"peak {peak.total / GIB:.2f} GiB per GPU{where}: {verdict} in "
+                  f"{result.gpu_memory_gib:g} GiB",
+              "not included: CUDA context and NCCL buffers (~1-2 GiB), allocator fragmentation,",
+              "              optimizer-step temporaries"]
+    return "\n".join(lines)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("h") else "s")
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+ARCH_KEYS = tuple(f.name for f in dataclasses.fields(Architecture))
+SETUP_KEYS = tuple(f.name for f in dataclasses.fields(Setup))
+YAML_ALIASES = {"model_family": "family", "hard": "hard_sampling"}
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    """The estimator's settings from a training --config YAML (same keys; others ignored)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle) or {}
+    except OSError as error:
+        raise ValueError(f"cannot read --config {path!r}: {error}") from error
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {path!r} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config {path!r} must be a mapping of option: value")
+    flat: Dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):  # a section (model:, parallel:, ...)
+            flat.update(value)
+        else:
+            flat[key] = value
+    options = {}
+    for key, value in flat.items():
+        key = str(key).replace("-", "_")
+        key = YAML_ALIASES.get(key, key)
+        if key == "recompute_granularity" and value is None:
+            value = "none"
+        if key in ARCH_KEYS or key in SETUP_KEYS or key == "pattern":
+            options[key] = value
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI flags: Megatron-LM's names, as the training CLI uses them."""
+    parser = argparse.ArgumentParser(
+        prog="estimate_memory.py",
+        description="Estimate the GPU memory of MaskLLM mask training (per GPU, per pipeline "
+                    "stage): frozen weights, mask logits, gradient buffers, optimizer states, "
+                    "saved mask tensors (exact) and activations (an estimate).",
+        epilog="Precedence: --model preset < --config YAML < flags. Worked examples: LLaMA-2 "
+               "7B and 13B at TP 8, DP 8, bf16, micro-batch 1 x 4096, sequence parallel (the "
+               "paper's 64 A100-80GB) need about 20.6 and 39.1 GiB per GPU: both fit. The "
+               "commands, their full output and every formula: megatron_masklm/memory.py.",
+        argument_default=argparse.SUPPRESS)
+    source = parser.add_argument_group("model")
+    source.add_argument("--model", choices=sorted(PRESETS), help="a preset shape")
+    source.add_argument("--config", help="training YAML (examples/configs/*.yaml keys)")
+    source.add_argument("--model-family", dest="family", choices=FAMILIES)
+    for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                 "num_query_groups", "max_position_embeddings"):
+        source.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
+    source.add_argument("--vocab-size", dest="vocab_size", type=int,
+                        help="the tokenizer's vocabulary (padded as Megatron-LM pads it)")
+    source.add_argument("--tied-embeddings", dest="tied_embeddings",
+                        action=argparse.BooleanOptionalAction)
+    source.add_argument("--make-vocab-size-divisible-by", dest="make_vocab_size_divisible_by",
+                        type=int, help="pad the vocabulary to a multiple of this x TP "
+                                       "(default 128; 1 leaves --vocab-size as it is)")
+    par = parser.add_argument_group("parallelism")
+    par.add_argument("--tensor-model-parallel-size", "--tp", dest="tensor_model_parallel_size",
+                     type=int, help="default 1")
+    par.add_argument("--pipeline-model-parallel-size", "--pp",
+                     dest="pipeline_model_parallel_size", type=int, help="default 1")
+    par.add_argument("--data-parallel-size", "--dp", dest="data_parallel_size", type=int,
+                     help="default 1")
+    par.add_argument("--sequence-parallel", dest="sequence_parallel",
+                     action=argparse.BooleanOptionalAction, help="needs TP > 1 (default off)")
+    par.add_argument("--use-distributed-optimizer", dest="use_distributed_optimizer",
+                     action=argparse.BooleanOptionalAction,
+                     help="shard Adam state over DP (default on, as training)")
+    par.add_argument("--recompute-granularity", dest="recompute_granularity",
+                     choices=RECOMPUTE_CHOICES, help="activation recomputation (default none)")
+    run = parser.add_argument_group("training")
+    run.add_argument("--pattern", help="N:M (default 2:4)")
+    run.add_argument("--bf16", dest="bf16", action=argparse.BooleanOptionalAction,
+                     help="bf16 weights and activations (default fp32)")
+    run.add_argument("--micro-batch-size", dest="micro_batch_size", type=int, help="default 1")
+    run.add_argument("--seq-length", dest="seq_length", type=int, help="default 4096")
+    run.add_argument("--global-batch-size", dest="global_batch_size", type=int,
+                     help="bounds the micro-batches a pipeline stage holds (default: >= PP)")
+    run.add_argument("--train-weights", dest="train_weights", action=argparse.BooleanOptionalAction,
+                     help="joint training: weights get gradients and Adam state too")
+    run.add_argument("--hard-sampling", dest="hard_sampling",
+                     action=argparse.BooleanOptionalAction, help="straight-through hard masks")
+    run.add_argument("--attention", dest="attention", choices=ATTENTION_CHOICES,
+                     help="flash: Transformer Engine's fused attention (default); local: "
+                          "Megatron's unfused local spec (CPU, no TE), which keeps the scores")
+    out = parser.add_argument_group("output")
+    out.add_argument("--gpu-memory-gib", dest="gpu_memory_gib", type=float,
+                     help="memory of one GPU, for the verdict (default 80)")
+    out.add_argument("--json", dest="json", action="store_true", help="print JSON instead")
+    return parser
+
+
+def resolve(args: Dict[str, Any]) -> Tuple[Architecture, Setup]:
+    """Architecture and Setup from parsed flags (preset < YAML < flags)."""
+    options: Dict[str, Any] = {}
+    if args.get("model"):
+        options.update(dataclasses.asdict(PRESETS[args["model"]]))
+    if args.get("config"):
+        options.update(load_yaml(args["config"]))
+    options.update({key: value for key, value in args.items()
+                    if key not in ("model", "config", "json", "gpu_memory_gib")})
+    pattern = options.pop("pattern", None)
+    if pattern is not None:
+        options["n"], options["m"] = parse_nm(str(pattern))
+    missing = [name for name in ("num_layers", "hidden_size", "ffn_hidden_size",
+                                 "num_attention_heads", "vocab_size") if name not in options]
+    if missing:
+        raise ValueError("the model shape is incomplete: pass --model PRESET, --config FILE or "
+                         + ", ".join("--" + name.replace("_", "-") for name in missing))
+    arch = Architecture(**{k: v for k, v in options.items() if k in ARCH_KEYS})
+    setup = Setup(**{k: v for k, v in options.items() if k in SETUP_KEYS})
+    return arch, setup
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; exit status 1 with a one-line error for a setting that cannot work."""
+    args = vars(build_parser().parse_args(argv))
+    try:
+        arch, setup = resolve(args)
+        result = estimate(arch, setup, gpu_memory_gib=args.get("gpu_memory_gib", 80.0))
+    except (TypeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.get("json"):
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
