@@ -183,6 +183,8 @@ def run_config_from_options(options: Dict[str, Any]) -> RunConfig:
         if typing.get_origin(_unwrap_optional(tp)) is list and isinstance(value, str):
             value = value.split()
         sections[section][name] = value
+    if "vocab_size" in shape and options.get("vocab_size") not in (None, shape["vocab_size"]):
+        sections["model"]["vocab_size"] = _checkpoint_vocab(options["vocab_size"], shape, sections)
     _resolve_tokenizer(sections, ckpt["pretrained_checkpoint"])
     missing = [f.name for f in dataclasses.fields(SECTION_CLASSES["model"])
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -193,6 +195,18 @@ def run_config_from_options(options: Dict[str, Any]) -> RunConfig:
             + f", or point --pretrained-checkpoint/--load at a directory with {MODEL_SHAPE_FILE}")
     built = {name: cls(**sections[name]) for name, cls in SECTION_CLASSES.items()}
     return RunConfig(**built)
+
+
+def _checkpoint_vocab(vocab_size: int, shape: Dict[str, Any], sections) -> int:
+    """A checkpoint's embedding rows when ``vocab_size`` (a config's tokenizer vocabulary, e.g.
+    LLaMA-2's 32000) pads to them as Megatron-LM pads it; otherwise a clear error."""
+    multiple = (sections["data"].get("make_vocab_size_divisible_by", 128)
+                * sections["parallel"].get("tensor_model_parallel_size", 1))
+    if -(-vocab_size // multiple) * multiple == shape["vocab_size"]:
+        return shape["vocab_size"]
+    raise ValueError(f"vocab_size {vocab_size} does not match the checkpoint's "
+                     f"{shape['vocab_size']} embedding rows ({MODEL_SHAPE_FILE}), even padded to a "
+                     f"multiple of {multiple}: drop vocab_size to use the checkpoint's")
 
 
 def _resolve_tokenizer(sections: Dict[str, Dict[str, Any]], pretrained: Optional[str]) -> None:

@@ -2,6 +2,7 @@
 and every bad option is a clear error."""
 import json
 import math
+import os
 
 import pytest
 
@@ -75,6 +76,27 @@ def test_model_shape_comes_from_the_checkpoint(tmp_path):
                                    "--rotary-base", "5e5"])
     assert config.model.num_layers == 30 and config.model.tied_embeddings
     assert config.model.rotary_base == 5e5  # an explicit flag still wins
+
+
+def test_a_configs_tokenizer_vocabulary_meets_the_checkpoints_padded_rows(tmp_path):
+    """examples/configs/llama2_7b.yaml says vocab_size 32000 (LLaMA-2's tokenizer); a checkpoint
+    converted at TP 8 has 32768 rows (padded to 128 x 8). The checkpoint's rows win."""
+    from megatron_masklm.training.arguments import load_yaml_options, run_config_from_options
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    options = load_yaml_options(os.path.join(root, "examples", "configs", "llama2_7b.yaml"))
+    shape = {k: options[k] for k in ("family", "num_layers", "hidden_size", "ffn_hidden_size",
+                                     "num_attention_heads", "num_query_groups",
+                                     "max_position_embeddings")}
+    (tmp_path / "model_shape.json").write_text(json.dumps({**shape, "vocab_size": 32768}))
+    options.update(pretrained_checkpoint=str(tmp_path), mock_data=True)
+    assert options["vocab_size"] == 32000
+    assert run_config_from_options(options).model.vocab_size == 32768
+    with pytest.raises(ValueError, match="vocab_size 40000 does not match the checkpoint's 32768"):
+        run_config_from_options({**options, "vocab_size": 40000})
+    with pytest.raises(ValueError, match="multiple of 128"):  # at TP 1 32000 stays 32000
+        run_config_from_options({**options, "tensor_model_parallel_size": 1,
+                                 "sequence_parallel": False})
 
 
 def test_round_trip_through_a_checkpoint_dict():
