@@ -22,29 +22,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+from benchlib import REPO, benchmark_env, run_json  # noqa: E402
+
 REFERENCE_PPL = {  # ../shared/BENCHMARK.md
     ("dense", ""): 14.70, ("magnitude", ""): 2074, ("wanda", ""): 130.9,
     ("sparsegpt", "updated"): 55.67, ("sparsegpt", "mask only"): 84.41}
-
-
-def _run_json(cmd, log_path: str, env) -> dict:
-    """Run ``cmd``; return the JSON object on its last stdout line plus the wall time."""
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
-    wall = time.perf_counter() - start
-    with open(log_path, "a") as log:
-        log.write(proc.stdout)
-    if proc.returncode != 0:
-        with open(log_path) as log:
-            tail = log.read()[-4000:]
-        raise SystemExit(f"failed (rc {proc.returncode}): {' '.join(map(str, cmd))}\n{tail}")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    return {**json.loads(lines[-1]), "wall_s": round(wall, 1)}
 
 
 def _ppl(model_dir: str, assets: dict, env, workdir: str, name: str, limit) -> float:
@@ -52,7 +37,7 @@ def _ppl(model_dir: str, assets: dict, env, workdir: str, name: str, limit) -> f
            "--eval-tokens", assets["eval_tokens"]]
     if limit:
         cmd += ["--limit", str(limit)]
-    result = _run_json(cmd, os.path.join(workdir, f"ppl_{name}.log"), env)
+    result = run_json(cmd, os.path.join(workdir, f"ppl_{name}.log"), env)
     print(f"    EVAL PPL {name}: {result['ppl']:.2f} ({result['wall_s']} s)", flush=True)
     return result["ppl"]
 
@@ -88,8 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = os.path.abspath(args.workdir)
     methods = args.methods.split(",")
-    env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    env = benchmark_env(threads=2)
     sys.path.insert(0, HERE)
     from assets import prepare
 
@@ -111,7 +95,7 @@ def main() -> None:
             cmd.append("--update-weights")
         os.makedirs(out, exist_ok=True)
         print(f"[ours {method}]", flush=True)
-        result = _run_json(cmd, os.path.join(workdir, f"ours_{method}.log"), env)
+        result = run_json(cmd, os.path.join(workdir, f"ours_{method}.log"), env)
         print(f"    prune {result['prune_seconds']} s, command {result['wall_s']} s", flush=True)
         variant = "updated" if method == "sparsegpt" else ""
         rows.append({"method": method, "variant": variant, "implementation": "megatron_masklm",
@@ -132,7 +116,7 @@ def main() -> None:
         if args.llmc_python and method in ("wanda", "sparsegpt"):
             out = os.path.join(workdir, f"llmc_{method}")
             print(f"[llm-compressor {method}]", flush=True)
-            result = _run_json([args.llmc_python, os.path.join(HERE, "llmcompressor_prune.py"),
+            result = run_json([args.llmc_python, os.path.join(HERE, "llmcompressor_prune.py"),
                                 "--model", assets["hf_dir"], "--calib-tokens", assets["calib_tokens"],
                                 "--method", method, "--output", out],
                                os.path.join(workdir, f"llmc_{method}.log"), env)

