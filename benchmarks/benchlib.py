@@ -32,3 +32,19 @@ def run_json(cmd, log_path: str, env) -> dict:
         raise SystemExit(f"failed (rc {proc.returncode}): {' '.join(map(str, cmd))}\n{tail}")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     return {**(json.loads(lines[-1]) if lines else {}), "wall_s": round(wall, 1)}
+
+
+def results_table(rows) -> str:
+    """The benchmarks' results table (BENCHMARK.md's layout): method, EVAL PPL, where it was
+    measured (only when a row says), exact 2:4, wall time, training tokens."""
+    where = any("where" in row for row in rows)
+    head = ["method (2:4, all 210 decoder linears)", "EVAL PPL"] + (["measured"] if where else [])
+    head += ["exact 2:4", "wall time s", "training tokens"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["method"], f"{row['ppl']:.2f}"] + ([row.get("where", "-")] if where else [])
+        cells += ["-" if row.get("exact") is None else ("yes" if row["exact"] else "NO"),
+                  f"{row['wall_s']:.0f}" if row.get("wall_s") is not None else "-",
+                  f"{row.get('tokens') or 0:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -711,26 +711,10 @@ YAML_ALIASES = {"model_family": "family", "hard": "hard_sampling"}
 
 def load_yaml(path: str) -> Dict[str, Any]:
     """The estimator's settings from a training --config YAML (same keys; others ignored)."""
-    import yaml
+    from .yamlfile import read_flat_yaml
 
-    try:
-        with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle) or {}
-    except OSError as error:
-        raise ValueError(f"cannot read --config {path!r}: {error}") from error
-    except yaml.YAMLError as error:
-        raise ValueError(f"--config {path!r} is not valid YAML: {error}") from error
-    if not isinstance(raw, dict):
-        raise ValueError(f"--config {path!r} must be a mapping of option: value")
-    flat: Dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):  # a section (model:, parallel:, ...)
-            flat.update(value)
-        else:
-            flat[key] = value
     options = {}
-    for key, value in flat.items():
-        key = str(key).replace("-", "_")
+    for key, value in read_flat_yaml(path).items():
         key = YAML_ALIASES.get(key, key)
         if key == "recompute_granularity" and value is None:
             value = "none"

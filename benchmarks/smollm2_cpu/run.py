@@ -37,7 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "oneshot_smollm2"))
-from benchlib import REPO, benchmark_env, run_json  # noqa: E402
+from benchlib import REPO, benchmark_env, results_table, run_json  # noqa: E402
 
 PRESETS = {
     # The recipe used for the README's numbers: about 2 CPU-hours of mask training on 2 cores.
@@ -211,17 +211,6 @@ def exact_nm(mask_file: str) -> bool:
     return report.ok and len(report.params) == 210
 
 
-def table(rows) -> str:
-    lines = ["| method (2:4, all 210 decoder linears) | EVAL PPL | exact 2:4 | wall time s | "
-             "training tokens |", "|---|---|---|---|---|"]
-    for row in rows:
-        wall = f"{row['wall_s']:.0f}" if row.get("wall_s") is not None else "-"
-        exact = "-" if row.get("exact") is None else ("yes" if row["exact"] else "NO")
-        lines.append(f"| {row['method']} | {row['ppl']:.2f} | {exact} | {wall} | "
-                     f"{row.get('tokens', 0):,} |")
-    return "\n".join(lines)
-
-
 def plot(records, rows, path: str, title: str) -> None:
     """Validation PPL of the learned mask against training tokens; one-shot results as lines."""
     import matplotlib
@@ -291,7 +280,7 @@ def main(argv=None) -> None:
             rows.append({"method": "SparseGPT, updated weights", "exact": result["exact_nm"],
                          "wall_s": result["total_seconds"], **_ppl(updated)})
     if args.stop_after == "oneshot":
-        print(table(rows))
+        print(results_table(rows))
         return
     measured = pipe.measure() if s["measure"] and not args.skip_measure else None
     if args.stop_after == "measure":
@@ -308,7 +297,7 @@ def main(argv=None) -> None:
                "eval_windows": learned["windows"], "eval_scored_tokens": learned["scored_tokens"],
                "rows": rows, "train": trained, "measure": measured,
                "pipeline_wall_s": round(time.perf_counter() - started, 1)}
-    lines = [table(rows), ""]
+    lines = [results_table(rows), ""]
     if "SparseGPT, updated weights" in ppl and "sparsegpt" in s["methods"]:
         sgpt = ppl["SparseGPT, updated weights"]
         summary["gap_closed_vs_sparsegpt"] = (sgpt - learned_ppl) / (sgpt - dense)

@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from gpu_assets import GGUF_NAME, AssetError, unpack  # noqa: E402
-from benchlib import REPO, benchmark_env, run_json  # noqa: E402
+from benchlib import REPO, benchmark_env, results_table, run_json  # noqa: E402
 
 BENCHMARK_MD = {  # ../shared/BENCHMARK.md's independent references, when the pack has none
     "dense": {"ppl": 14.70}, "sparsegpt_updated": {"ppl": 55.67},
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
                          "command_wall_s": trained["wall_s"]},
                "convert_wall_s": converted["wall_s"],
                "settings": vars(args), "pack_id": manifest["pack_id"]}
-    lines = [table(rows)]
+    lines = [results_table(rows)]
     sgpt = references.get("sparsegpt_updated", {}).get("ppl")
     if sgpt:
         gap = (sgpt - learned["ppl"]) / (sgpt - dense["ppl"])
@@ -209,17 +209,6 @@ def sparse_bench(run_dir: str, work: str, run) -> dict:
                              "512,2048,8192", "--decode", "1,8,32", "--output", output, "--json"))
     with open(output) as handle:
         return json.load(handle)
-
-
-def table(rows) -> str:
-    lines = ["| method (2:4, all 210 decoder linears) | EVAL PPL | measured | exact 2:4 | "
-             "wall time s | training tokens |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        wall = f"{row['wall_s']:.0f}" if row.get("wall_s") is not None else "-"
-        exact = "-" if row.get("exact") is None else ("yes" if row["exact"] else "NO")
-        lines.append(f"| {row['method']} | {row['ppl']:.2f} | {row['where']} | {exact} | {wall} | "
-                     f"{row.get('tokens') or 0:,} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

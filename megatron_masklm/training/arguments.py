@@ -115,28 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_yaml_options(path: str) -> Dict[str, Any]:
     """Options from a YAML file: a flat mapping (sections as nested mappings are flattened)."""
-    import yaml
+    from ..yamlfile import read_flat_yaml
 
-    try:
-        with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle) or {}
-    except OSError as error:
-        raise ValueError(f"cannot read --config {path!r}: {error}") from error
-    except yaml.YAMLError as error:
-        raise ValueError(f"--config {path!r} is not valid YAML: {error}") from error
-    if not isinstance(raw, dict):
-        raise ValueError(f"--config {path!r} must be a mapping of option: value")
-    flat = {}
-    for key, value in raw.items():
-        if key in SECTION_CLASSES and isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key] = value
-    options = {}
-    for key, value in flat.items():
-        key = str(key).replace("-", "_")
-        options[KEY_ALIASES.get(key, key)] = value
-    return options
+    flat = read_flat_yaml(path, sections=SECTION_CLASSES)
+    return {KEY_ALIASES.get(key, key): value for key, value in flat.items()}
 
 
 def _check_known(options: Dict[str, Any], where: str) -> None:

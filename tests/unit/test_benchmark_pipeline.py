@@ -70,7 +70,7 @@ ROWS = [{"method": "dense", "ppl": 14.7, "exact": None},
 
 
 def test_table(bench):
-    lines = bench.table(ROWS).splitlines()
+    lines = bench.results_table(ROWS).splitlines()
     assert lines[0].startswith("| method") and len(lines) == 5
     assert lines[2] == "| dense | 14.70 | - | - | 0 |"
     assert lines[3] == "| SparseGPT, updated weights | 55.60 | yes | 264 | 0 |"

@@ -182,7 +182,7 @@ def test_gpu_run_arguments_and_table():
     assert (args.train_iters, args.micro_batch_size, args.global_batch_size) == (300, 16, 16)
     with pytest.raises(SystemExit):
         run.parse_args(["--micro-batch-size", "16", "--global-batch-size", "24"])
-    text = run.table([
+    text = run.results_table([
         {"method": "dense", "where": "GPU, this run", "ppl": 14.7, "exact": None, "wall_s": None,
          "tokens": 0},
         {"method": "MaskLLM", "where": "GPU, this run", "ppl": 30.0, "exact": True, "wall_s": 61.4,
