@@ -120,8 +120,8 @@ def score(logits_fn, ids: np.ndarray, windows: Sequence[Window], *, batch_size: 
 # ----------------------------------------------------------------------------- models
 def hf_logits_fn(hf_dir: str, *, masks: Optional[str] = None, pattern: Optional[str] = None,
                  dtype: torch.dtype = torch.float32):
-    """``(logits_fn, tokenizer_dir)`` of a HF causal LM directory, with ``masks`` (a mask file
-    under HF names, either format) applied to its weights when given."""
+    """``(logits_fn, tokenizer_dir, info)`` of a HF causal LM directory, with ``masks`` (a mask
+    file under HF names, either format) applied to its weights when given."""
     from transformers import AutoModelForCausalLM
 
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
@@ -131,7 +131,8 @@ def hf_logits_fn(hf_dir: str, *, masks: Optional[str] = None, pattern: Optional[
     if masks:
         _apply_hf_masks(model, masks, pattern)
     device = next(model.parameters()).device
-    return (lambda tokens: model(input_ids=tokens.to(device), use_cache=False).logits), hf_dir
+    return ((lambda tokens: model(input_ids=tokens.to(device), use_cache=False).logits), hf_dir,
+            {"vocab_size": model.config.vocab_size})
 
 
 def _apply_hf_masks(model, masks_path: str, pattern: Optional[str] = None) -> None:
@@ -267,24 +268,19 @@ def evaluate(args) -> Dict[str, Any]:
     _check_args(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     started = time.perf_counter()
-    info: Dict[str, Any] = {}
-    owned = False
-    if args.hf_dir:
-        logits_fn, tokenizer_dir = hf_logits_fn(args.hf_dir, masks=args.masks,
-                                                pattern=args.pattern, dtype=dtype or torch.float32)
-        from transformers import AutoConfig
-
-        info["vocab_size"] = AutoConfig.from_pretrained(args.hf_dir).vocab_size
-    else:
+    owned = bool(args.load) and not torch.distributed.is_initialized()
+    if args.load:
         from . import mcore
 
-        owned = not torch.distributed.is_initialized()
         world = (int(os.environ.get("WORLD_SIZE", "1")) if owned
                  else torch.distributed.get_world_size())
         mcore.initialize_distributed(tensor_model_parallel_size=world, pipeline_model_parallel_size=1)
     try:
         if args.load:
             logits_fn, tokenizer_dir, info = megatron_logits_fn(args.load, dtype=dtype)
+        else:
+            logits_fn, tokenizer_dir, info = hf_logits_fn(
+                args.hf_dir, masks=args.masks, pattern=args.pattern, dtype=dtype or torch.float32)
         tokenizer = _tokenizer(args, tokenizer_dir, info["vocab_size"])
         if args.bos and getattr(tokenizer, "bos", None) is None:
             raise ValueError("--bos: the tokenizer has no BOS token")
@@ -304,8 +300,6 @@ def evaluate(args) -> Dict[str, Any]:
                              progress=rank0 and not args.no_progress)
     finally:
         if owned:
-            from . import mcore
-
             mcore.destroy_distributed()
     nll = total.item() / count
     return {"model": args.load or args.hf_dir, "masks": args.masks,
