@@ -115,12 +115,12 @@ def load_model(directory: str, shape: ModelShape, pattern: Optional[str], *,
                                              sdpa_attention=sdpa_attention)
     else:
         model = mcore.build_dense_gpt_model(shape, config=config, sdpa_attention=sdpa_attention)
-    state = model.sharded_state_dict()
+    state = mcore.without_te_extra_state(model.sharded_state_dict())
     missing = sorted(mcore.compat.sharded_tensor_keys(state) - set(present))
     if missing:
         raise ValueError(f"{directory!r} does not match model_shape.json: missing {missing[:3]}")
     loaded = dist_checkpointing.load(state, directory)  # also returns the common state
-    model.load_state_dict({key: loaded[key] for key in state}, strict=True)
+    mcore.load_model_tensors(model, {key: loaded[key] for key in state})
     return model
 
 

@@ -15,7 +15,10 @@ from .model import (
     build_transformer_config,
     check_nm,
     hard_masks,
+    load_model_tensors,
     masked_linears,
+    use_transformer_engine,
+    without_te_extra_state,
 )
 from .oneshot import apply_global_masks, prune_model
 from .parallel import (MASK_NOISE_RNG, destroy_distributed, initialize_distributed, seed_mask_noise,
@@ -28,5 +31,6 @@ __all__ = [
     "apply_masking_to_spec", "apply_prior_masks", "build_masked_gpt_model",
     "build_dense_gpt_model", "build_transformer_config", "check_nm", "destroy_distributed", "enable_cpu_backend",
     "get_masked_gpt_layer_spec", "hard_masks", "initialize_distributed", "masked_linears",
-    "seed_mask_noise", "set_random_seeds",
+    "load_model_tensors", "seed_mask_noise", "set_random_seeds", "use_transformer_engine",
+    "without_te_extra_state",
 ]

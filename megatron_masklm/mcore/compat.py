@@ -89,6 +89,14 @@ def gpt_layer_spec(*, use_te: bool, normalization: str, qk_layernorm: bool = Fal
     return fn(**_supported_kwargs(fn, dict(qk_layernorm=qk_layernorm, normalization=normalization)))
 
 
+def grad_accum_fusion_available() -> bool:
+    """Whether Megatron's local linears can fuse weight-gradient accumulation (apex's
+    fused_weight_gradient_mlp_cuda imports); they refuse the setting otherwise."""
+    from megatron.core.tensor_parallel import layers
+
+    return bool(getattr(layers, "_grad_accum_fusion_available", False))
+
+
 def layer_tp_group(layer: torch.nn.Module):
     """The tensor-parallel group a Megatron linear (local or TE) was built with."""
     group = getattr(layer, "tp_group", None) or getattr(layer, "_tp_group", None)

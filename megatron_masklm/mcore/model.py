@@ -103,10 +103,26 @@ def build_transformer_config(
         bias_dropout_fusion=on_gpu,
         masked_softmax_fusion=on_gpu and compat.HAVE_TE,
         apply_rope_fusion=False,
-        persist_layer_norm=on_gpu and compat.HAVE_TE,  # torch norms (no TE) refuse it
     )
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
+
+
+def use_transformer_engine(impl: str) -> bool:
+    """Whether layer implementation ``impl`` ("auto", "transformer_engine" or "local") means
+    Transformer Engine layers here; asking for TE where it cannot run is an error."""
+    if impl == "local":
+        return False
+    if impl == "auto":
+        return compat.HAVE_TE and torch.cuda.is_available()
+    if impl != "transformer_engine":
+        raise ValueError(f"transformer_impl {impl!r} is not one of auto, transformer_engine, local")
+    if not compat.HAVE_TE:
+        raise ValueError("transformer_impl 'transformer_engine' needs Transformer Engine, which "
+                         "does not import here (NGC PyTorch containers ship it): use 'local'")
+    if not torch.cuda.is_available():
+        raise ValueError("transformer_impl 'transformer_engine' needs a CUDA GPU: use 'local'")
+    return True
 
 
 def build_masked_gpt_model(
@@ -126,7 +142,7 @@ def build_masked_gpt_model(
     ``sdpa_attention`` as in :func:`build_dense_gpt_model` (local spec only).
     """
     config = config or build_transformer_config(shape)
-    use_te = compat.HAVE_TE and torch.cuda.is_available() if use_te is None else use_te
+    use_te = use_transformer_engine("auto") if use_te is None else use_te
     spec = get_masked_gpt_layer_spec(mask_config, use_te=use_te, normalization=config.normalization)
     if sdpa_attention:
         spec = with_sdpa_attention(spec)
@@ -204,6 +220,31 @@ def masked_linears(model: torch.nn.Module) -> Iterator[Tuple[str, MaskedLinearMi
     for name, module in model.named_modules():
         if isinstance(module, MaskedLinearMixin):
             yield name, module
+
+
+TE_EXTRA_STATE = "_extra_state"
+
+
+def without_te_extra_state(sharded_state: dict) -> dict:
+    """A model's sharded state dict without Transformer Engine's ``_extra_state`` objects.
+
+    They hold FP8 scaling metadata (masked layers refuse FP8), and TE modules have them where
+    the local ones do not (the final norm), so leaving them out of a load lets a checkpoint
+    saved with one layer implementation load into the other; the tensors' checkpoint keys
+    already agree (Megatron saves the local norms under TE's fused-norm names).
+    """
+    return {key: value for key, value in sharded_state.items()
+            if not key.endswith(TE_EXTRA_STATE)}
+
+
+def load_model_tensors(model: torch.nn.Module, tensors: dict, *, may_lack: Tuple[str, ...] = ()):
+    """``model.load_state_dict(tensors)``, strict except for TE's ``_extra_state`` and names
+    ending in ``may_lack``; anything else missing or unexpected is an error."""
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [key for key in missing if not key.endswith((TE_EXTRA_STATE, *may_lack))]
+    if missing or unexpected:
+        raise RuntimeError(f"loading left {missing[:3]} unloaded ({len(missing)} in all) and "
+                           f"{unexpected[:3]} unused ({len(unexpected)} in all)")
 
 
 def apply_mask_training_freeze(model: torch.nn.Module, *, train_weights: bool) -> None:

@@ -10,7 +10,8 @@ from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
 
-from ..mcore import build_masked_gpt_model, build_transformer_config, compat
+from ..mcore import (build_masked_gpt_model, build_transformer_config, compat,
+                     use_transformer_engine)
 from .config import RunConfig
 
 
@@ -24,12 +25,18 @@ def build_model_and_optimizer(config: RunConfig):
     elif p.recompute_granularity == "selective":
         recompute = dict(recompute_granularity="selective")
     dtype = torch.bfloat16 if p.bf16 else torch.float32
+    use_te = use_transformer_engine(p.transformer_impl)
+    if p.gradient_accumulation_fusion and not compat.grad_accum_fusion_available():
+        raise ValueError("--gradient-accumulation-fusion needs apex's fused_weight_gradient_mlp_cuda "
+                         "extension (NGC PyTorch containers ship it; Megatron's output layer uses "
+                         "it with any --transformer-impl), which does not import here: drop the flag")
     tconfig = build_transformer_config(
         config.model, tensor_model_parallel_size=p.tensor_model_parallel_size,
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
-        sequence_parallel=p.sequence_parallel, bf16=p.bf16, pipeline_dtype=dtype, **recompute)
+        sequence_parallel=p.sequence_parallel, bf16=p.bf16, pipeline_dtype=dtype,
+        gradient_accumulation_fusion=p.gradient_accumulation_fusion, **recompute)
     gpt = build_masked_gpt_model(
-        config.model, config.mask, config=tconfig,
+        config.model, config.mask, config=tconfig, use_te=use_te,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage())
     module = Float16Module(tconfig, gpt) if p.bf16 else gpt

@@ -24,7 +24,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from ..mcore import compat
-from ..mcore.model import ModelShape
+from ..mcore.model import ModelShape, load_model_tensors, without_te_extra_state
 from .arguments import MODEL_SHAPE_FILE
 from .config import RunConfig
 
@@ -217,7 +217,7 @@ def load_checkpoint(directory: str, *, model, optimizer, scheduler,
     """Resume from a checkpoint this package saved, at any TP/PP size (RNG only at the same one)."""
     meta = read_checkpoint_meta(directory)
     _check_compatible(meta, run_config, directory)
-    model_state = model.sharded_state_dict(metadata=dict(CKPT_METADATA))
+    model_state = without_te_extra_state(model.sharded_state_dict(metadata=dict(CKPT_METADATA)))
     _check_tensors_present(model_state, directory, what="checkpoint")
     compat.materialize_optimizer_state(optimizer)
     state = {"model": model_state, "optimizer": optimizer.sharded_state_dict(
@@ -226,7 +226,7 @@ def load_checkpoint(directory: str, *, model, optimizer, scheduler,
     if same_topology:
         state["rng_state"] = _rng_object()
     loaded = dist_checkpointing.load(state, directory)
-    model.load_state_dict(loaded["model"], strict=True)
+    load_model_tensors(model, loaded["model"])
     compat.load_optimizer_state_dict(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
     if same_topology:
@@ -249,13 +249,8 @@ def resolve_dense_checkpoint(path: str) -> str:
 def load_dense_weights(path: str, *, model) -> None:
     """Load every weight of ``model`` except the mask logits from a dense dist checkpoint."""
     directory = resolve_dense_checkpoint(path)
-    full = model.sharded_state_dict()
-    state = {key: value for key, value in full.items()
-             if not key.endswith(LOGITS_SUFFIX) and not key.endswith("_extra_state")}
+    state = {key: value for key, value in without_te_extra_state(model.sharded_state_dict()).items()
+             if not key.endswith(LOGITS_SUFFIX)}
     _check_tensors_present(state, directory, what="pretrained checkpoint")
     loaded = dist_checkpointing.load(state, directory)  # also returns the common state
-    missing, unexpected = model.load_state_dict({key: loaded[key] for key in state}, strict=False)
-    not_loaded = [key for key in missing
-                  if not key.endswith(LOGITS_SUFFIX) and not key.endswith("_extra_state")]
-    if not_loaded or unexpected:  # pragma: no cover - the checks above make this unreachable
-        raise RuntimeError(f"dense load left {not_loaded[:3]} unloaded, {unexpected[:3]} unused")
+    load_model_tensors(model, {key: loaded[key] for key in state}, may_lack=(LOGITS_SUFFIX,))

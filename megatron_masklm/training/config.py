@@ -14,6 +14,7 @@ from ..mcore.model import ModelShape
 
 LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
 RECOMPUTE_CHOICES = ("full", "selective")
+TRANSFORMER_IMPLS = ("auto", "transformer_engine", "local")
 
 
 @dataclass(kw_only=True)
@@ -34,6 +35,14 @@ class ParallelConfig:
     """Activation recomputation: "full" or "selective" (None: keep activations)."""
     distributed_timeout_minutes: int = 30
     """Timeout of collective operations."""
+    transformer_impl: str = "auto"
+    """Layer implementation: "transformer_engine" (TE's fused linears and norms, CUDA), "local"
+    (torch modules) or "auto" (TE where it imports and a GPU is present). Checkpoints load
+    across them."""
+    gradient_accumulation_fusion: bool = False
+    """Accumulate weight gradients into main_grad inside the GEMM (GPU, apex's
+    fused_weight_gradient_mlp_cuda). Masked linears take their weight gradient through autograd
+    regardless, so it acts on the trained layers outside the masks (with --train-weights)."""
 
     def __post_init__(self):
         for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
@@ -42,6 +51,9 @@ class ParallelConfig:
         if self.recompute_granularity not in (None, *RECOMPUTE_CHOICES):
             raise ValueError(f"recompute_granularity {self.recompute_granularity!r} is not one of "
                              f"{RECOMPUTE_CHOICES}")
+        if self.transformer_impl not in TRANSFORMER_IMPLS:
+            raise ValueError(f"transformer_impl {self.transformer_impl!r} is not one of "
+                             f"{TRANSFORMER_IMPLS}")
 
 
 @dataclass(kw_only=True)
