@@ -8,9 +8,10 @@
 #
 # Packages that declare a torch requirement are installed with --no-deps: NGC's torch is a
 # pre-release build (2.x.0a0+git...), which pip would otherwise replace with a PyPI wheel.
-# Another base: --build-arg BASE_IMAGE=nvcr.io/nvidia/pytorch:<yy.mm>-py3 (Python 3.12 ones,
+# The base is the container Megatron-LM's own CI runs its LTS lane on (docker/.ngc_version.lts:
+# 25.09). Another: --build-arg BASE_IMAGE=nvcr.io/nvidia/pytorch:<yy.mm>-py3 (Python 3.12 ones,
 # 25.01 or newer: megatron-core 0.17+ needs Python 3.12).
-ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.04-py3
+ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.09-py3
 FROM ${BASE_IMAGE}
 
 ARG MEGATRON_CORE_VERSION=0.19.2

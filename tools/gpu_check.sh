@@ -15,24 +15,28 @@
 #               too big for one device call, so its docstring says how the two parts travel.
 #               Skipped, with a note, when no part is there (a failure if --only names it).
 # Without network access, carry megatron-core as a wheel in .whl/ (see README, "GPU check").
-# Usage: bash tools/gpu_check.sh [--only STEP,...] [--skip STEP,...] [--assets DIR] [output-dir]
+# --report DIR copies the logs and result files (no checkpoints or data) to DIR at the end,
+# e.g. the lent machine's $OUT, which is all that comes back from it.
+# Usage: bash tools/gpu_check.sh [--only STEP,...] [--skip STEP,...] [--assets DIR] [--report DIR]
+#                                [output-dir]
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
 all_steps="tests train step_time throughput oneshot sparse smollm2"
-only="" skip="" out="" assets=.gpu_assets
+only="" skip="" out="" assets=.gpu_assets report=""
 usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "gpu_check: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case $1 in
     -h|--help) usage; exit 0 ;;
-    --only|--skip|--assets)
+    --only|--skip|--assets|--report)
       [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"
-      case $1 in --only) only=$2 ;; --skip) skip=$2 ;; --assets) assets=$2 ;; esac
+      case $1 in --only) only=$2 ;; --skip) skip=$2 ;; --assets) assets=$2 ;; --report) report=$2 ;; esac
       shift 2 ;;
     --only=*) only=${1#*=}; shift ;;
     --skip=*) skip=${1#*=}; shift ;;
     --assets=*) assets=${1#*=}; shift ;;
+    --report=*) report=${1#*=}; shift ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [ -z "$out" ] || die "one output directory, got '$out' and '$1'"; out=$1; shift ;;
   esac
@@ -118,4 +122,10 @@ if want smollm2; then
 fi
 
 echo "gpu_check status: $status"
+if [ -n "$report" ]; then  # logs and results only: checkpoints and data stay in $out
+  mkdir -p "$report/smollm2" || exit 1
+  for f in "$out"/*.log "$out"/*.json; do [ -f "$f" ] && cp "$f" "$report/"; done
+  for f in "$out"/smollm2/results.* "$out"/smollm2/logs/*.log; do [ -f "$f" ] && cp "$f" "$report/smollm2/"; done
+  echo "gpu_check report: $report"
+fi
 exit $status

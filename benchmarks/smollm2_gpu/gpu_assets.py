@@ -12,10 +12,11 @@ therefore split into parts of at most ``--part-mib`` (56 MiB: room is left for t
 ``.whl``), and each part travels in its own call. A part carried by one call stays on the
 machine (an ignored path already there) while the machine is warm, 30 s after a call, so the
 next call, made at once, carries the other part. With tools/gpu_check.sh, each call under its
-10-minute limit (the first ~60 MiB, the second ~56 MiB with the repository and .whl):
+10-minute limit (the first ~60 MiB, the second ~56 MiB with the repository and .whl), each
+sending its logs and results back through $OUT:
 
-    run(command="bash tools/gpu_check.sh --skip smollm2", carry=[".whl", ".gpu_assets/a"])
-    run(command="bash tools/gpu_check.sh --only smollm2", carry=[".whl", ".gpu_assets/b"])
+    run(command='bash tools/gpu_check.sh --skip smollm2 --report "$OUT"', carry=[".whl", ".gpu_assets/a"])
+    run(command='bash tools/gpu_check.sh --only smollm2 --report "$OUT"', carry=[".whl", ".gpu_assets/b"])
 
 If the machine went back in between, the second call reports part a missing and the pair
 must be repeated.

@@ -44,6 +44,7 @@ def test_help_lists_every_step_and_runs_nothing(tmp_path):
     (["--skip=tests,nope"], "unknown step 'nope'"),
     (["--only"], "--only needs a value"),
     (["--assets"], "--assets needs a value"),
+    (["--report"], "--report needs a value"),
     (["--frobnicate"], "unknown option --frobnicate"),
     (["out1", "out2"], "one output directory"),
 ])
@@ -84,3 +85,19 @@ def test_skip_leaves_out_the_named_steps(tmp_path):
     assert proc.returncode == 0
     scripts = [c.split()[0] for c in calls if not c.startswith("-c ")]
     assert scripts == ["benchmarks/step_time.py", "-m", "tools/bench_sparse.py"]
+
+
+def test_report_copies_logs_and_results_but_no_checkpoints(tmp_path):
+    out, report = tmp_path / "out", tmp_path / "report"
+    (out / "tiny_run" / "iter_0000010").mkdir(parents=True)
+    (out / "tiny_run" / "iter_0000010" / "metadata.json").write_text("{}")
+    (out / "smollm2" / "logs").mkdir(parents=True)
+    (out / "smollm2" / "megatron").mkdir()
+    for name in ("results.md", "results.json", "logs/train.log", "megatron/model_shape.json"):
+        (out / "smollm2" / name).write_text(name)
+    (out / "sparse_gemm.json").write_text("{}")
+    proc, _ = _run(tmp_path, "--only", "sparse", "--report", str(report), str(out))
+    assert proc.returncode == 0 and f"gpu_check report: {report}" in proc.stdout
+    copied = sorted(str(p.relative_to(report)) for p in report.rglob("*") if p.is_file())
+    assert copied == ["smollm2/results.json", "smollm2/results.md", "smollm2/train.log",
+                      "sparse.log", "sparse_gemm.json"]
