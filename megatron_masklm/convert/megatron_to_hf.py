@@ -74,7 +74,9 @@ def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None) 
     shape, pattern, hf_config, tokenizer = checkpoint_sources(root, directory)
     hf_vocab = (hf_config or {}).get("vocab_size", shape.vocab_size)
     with megatron_world_of_one() as (mcore, _):
-        model = load_model(directory, shape, pattern, dtype=dtype)
+        # the local spec: its parameter names are the ones the HF name map knows (TE fuses
+        # the norms into the next linear)
+        model = load_model(directory, shape, pattern, dtype=dtype, use_te=False)
         weight_dtype = model.embedding.word_embeddings.weight.dtype
         params = {name: p.detach() for name, p in model.named_parameters()}
         layer_masks = {f"{name}.weight": layer.hard_mask()
@@ -88,12 +90,14 @@ def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None) 
 
 
 def load_model(directory: str, shape: ModelShape, pattern: Optional[str], *,
-               dtype: Optional[torch.dtype] = None, sdpa_attention: bool = False):
+               dtype: Optional[torch.dtype] = None, sdpa_attention: bool = False,
+               use_te: Optional[bool] = None):
     """The GPTModel a dist checkpoint holds, at the current TP size, loaded strictly.
 
     A checkpoint with mask logits (``pattern`` N:M) gives a masked model, one without a dense
     one; every tensor of the model must be in the checkpoint. ``dtype`` defaults to the
-    checkpoint's; ``sdpa_attention`` uses torch's fused causal attention (inference only).
+    checkpoint's; ``sdpa_attention`` uses torch's fused causal attention (inference only);
+    ``use_te`` picks Transformer Engine layers (None: where TE imports and a GPU is present).
     Needs Megatron's parallel state (``mcore.initialize_distributed``).
     """
     from megatron.core import dist_checkpointing, parallel_state
@@ -106,15 +110,17 @@ def load_model(directory: str, shape: ModelShape, pattern: Optional[str], *,
         shape, params_dtype=weight_dtype, use_cpu_initialization=True,
         perform_initialization=False,
         tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size())
+    use_te = mcore.use_transformer_engine("auto") if use_te is None else use_te
     has_logits = any(key.endswith("mask_logits") for key in present)
     if pattern and not has_logits:
         raise ValueError(f"{directory!r} says it holds {pattern} masks but has no mask logits")
     if has_logits:
         n, m = parse_nm(pattern)
         model = mcore.build_masked_gpt_model(shape, MaskConfig(n=n, m=m), config=config,
-                                             sdpa_attention=sdpa_attention)
+                                             use_te=use_te, sdpa_attention=sdpa_attention)
     else:
-        model = mcore.build_dense_gpt_model(shape, config=config, sdpa_attention=sdpa_attention)
+        model = mcore.build_dense_gpt_model(shape, config=config, use_te=use_te,
+                                            sdpa_attention=sdpa_attention)
     state = mcore.without_te_extra_state(model.sharded_state_dict())
     missing = sorted(mcore.compat.sharded_tensor_keys(state) - set(present))
     if missing:

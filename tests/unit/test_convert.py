@@ -174,3 +174,20 @@ def test_bf16_export_and_tokenizer_files(tmp_path):
     assert config["dtype"] == config["torch_dtype"] == "bfloat16"
     assert not any(key.startswith("_") for key in config)
     assert (tmp_path / "back" / "chat_template.jinja").read_text() == "{{ messages }}"
+
+
+def test_export_reads_local_layer_names_on_a_machine_with_transformer_engine(tmp_path, monkeypatch):
+    """Where TE would be picked (a GPU with TE: stood in for by the auto choice saying yes),
+    export still builds the local spec, whose names the HF name map knows; evaluation may use
+    TE. On CPU, building the TE spec would fail, so a wrong choice cannot pass unnoticed."""
+    from megatron_masklm import mcore
+    from megatron_masklm.convert import convert_hf_to_megatron, convert_megatron_to_hf
+
+    hf_dir = tmp_path / "hf"
+    tiny_llama(hf_dir)
+    convert_hf_to_megatron(str(hf_dir), str(tmp_path / "mg"), progress=False)
+    for owner in (mcore, mcore.model):
+        monkeypatch.setattr(owner, "use_transformer_engine", lambda impl: True)
+    convert_megatron_to_hf(str(tmp_path / "mg"), str(tmp_path / "back"))
+    state, source = load_file(tmp_path / "back" / "model.safetensors"), load_file(hf_dir / "model.safetensors")
+    assert state.keys() == source.keys() and all(torch.equal(state[k], source[k]) for k in source)
