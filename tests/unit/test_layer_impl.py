@@ -51,7 +51,8 @@ def test_builder_refuses_what_cannot_run_here(mcore):
     if mcore.compat.grad_accum_fusion_available():
         pytest.skip("apex's fused_weight_gradient_mlp_cuda is installed")
     config = run_config_from_args(CLI_SHAPE + ["--gradient-accumulation-fusion"])
-    with pytest.raises(ValueError, match="--gradient-accumulation-fusion needs apex.*drop the flag"):
+    with pytest.raises(ValueError,
+                       match="--gradient-accumulation-fusion needs apex.*drop the flag"):
         build_model_and_optimizer(config)
     if not mcore.compat.HAVE_TE:
         config = run_config_from_args(CLI_SHAPE + ["--transformer-impl", "transformer_engine"])
@@ -62,12 +63,13 @@ def test_builder_refuses_what_cannot_run_here(mcore):
 def test_local_checkpoint_keys_are_the_transformer_engine_ones(mcore):
     """Megatron saves the local spec's separate norms under TE's fused-norm names, and the mask
     logits sit under the linear's name in both: the keys a TE model asks for."""
-    model = mcore.build_masked_gpt_model(mcore.ModelShape(**TINY_LLAMA), MaskConfig())
+    model = mcore.build_masked_gpt_model(mcore.ModelShape(**TINY_LLAMA), MaskConfig(), use_te=False)
     state = model.sharded_state_dict()
     keys = mcore.compat.sharded_tensor_keys(state)
     layer, stacked = "decoder.layers.0.", "decoder.layers."  # layers are stacked on save
-    assert state[layer + "input_layernorm.weight"].key == stacked + "self_attention.linear_qkv.layer_norm_weight"
-    assert state[layer + "pre_mlp_layernorm.weight"].key == stacked + "mlp.linear_fc1.layer_norm_weight"
+    for local, te in (("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight"),
+                      ("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight")):
+        assert state[layer + local].key == stacked + te
     for linear in ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1",
                    "mlp.linear_fc2"):
         assert {stacked + linear + ".weight", stacked + linear + ".mask_logits"} <= keys
@@ -75,18 +77,22 @@ def test_local_checkpoint_keys_are_the_transformer_engine_ones(mcore):
 
 
 @pytest.fixture
-def te_like_extra_state(monkeypatch):
-    """Give the final norm the ``_extra_state`` TE's norm saves and the local norm lacks (the
-    local linears already save a placeholder under the linears' names)."""
+def te_like_extra_state(mcore, monkeypatch):
+    """Give the final norm's class (torch's RMSNorm, or apex's where it is installed) the
+    ``_extra_state`` TE's norm saves and the local norm lacks (the local linears already save a
+    placeholder under the linears' names). Returns (the class, the key)."""
+    model = mcore.build_dense_gpt_model(mcore.ModelShape(**TINY_LLAMA))
+    norm_class = type(model.decoder.final_layernorm)
+
     def get_extra_state(self):
         return torch.zeros(0)
 
     def set_extra_state(self, state):
         raise AssertionError("extra state is never loaded")
 
-    monkeypatch.setattr(torch.nn.RMSNorm, "get_extra_state", get_extra_state, raising=False)
-    monkeypatch.setattr(torch.nn.RMSNorm, "set_extra_state", set_extra_state, raising=False)
-    return "decoder.final_layernorm._extra_state"
+    monkeypatch.setattr(norm_class, "get_extra_state", get_extra_state, raising=False)
+    monkeypatch.setattr(norm_class, "set_extra_state", set_extra_state, raising=False)
+    return norm_class, "decoder.final_layernorm._extra_state"
 
 
 def _save(mcore, model, directory):
@@ -97,13 +103,14 @@ def _save(mcore, model, directory):
     return str(directory)
 
 
-def _saved_without_extra_state(mcore, build, directory, extra_key):
-    """A checkpoint of ``build()`` made while the attention had no extra state."""
+def _saved_without_extra_state(mcore, build, directory, extra_state):
+    """A checkpoint of ``build()`` made while the final norm had no extra state."""
+    norm_class, key = extra_state
     with pytest.MonkeyPatch.context() as plain:
-        plain.delattr(torch.nn.RMSNorm, "get_extra_state")
-        plain.delattr(torch.nn.RMSNorm, "set_extra_state")
+        plain.delattr(norm_class, "get_extra_state")
+        plain.delattr(norm_class, "set_extra_state")
         model = build()
-        assert extra_key not in model.state_dict()
+        assert key not in model.state_dict()
         return model, _save(mcore, model, directory)
 
 
@@ -114,11 +121,11 @@ def test_masked_checkpoint_loads_into_a_model_with_more_extra_state(mcore, tmp_p
     shape = mcore.ModelShape(**TINY_LLAMA)
     torch.manual_seed(0)
     saved, directory = _saved_without_extra_state(
-        mcore, lambda: mcore.build_masked_gpt_model(shape, MaskConfig()), tmp_path / "ckpt",
-        te_like_extra_state)
-    loaded = load_model(directory, shape, "2:4")
-    state = loaded.state_dict()
-    assert te_like_extra_state in state and te_like_extra_state in loaded.sharded_state_dict()
+        mcore, lambda: mcore.build_masked_gpt_model(shape, MaskConfig(), use_te=False),
+        tmp_path / "ckpt", te_like_extra_state)
+    loaded = load_model(directory, shape, "2:4", use_te=False)  # the stand-in is a local norm
+    state, key = loaded.state_dict(), te_like_extra_state[1]
+    assert key in state and key in loaded.sharded_state_dict()
     for key, value in saved.state_dict().items():
         if not key.endswith("_extra_state"):
             torch.testing.assert_close(state[key], value, rtol=0, atol=0)
@@ -132,7 +139,7 @@ def test_dense_pretrained_checkpoint_loads_into_a_model_with_more_extra_state(
     torch.manual_seed(1)
     dense, directory = _saved_without_extra_state(
         mcore, lambda: mcore.build_dense_gpt_model(shape), tmp_path / "dense", te_like_extra_state)
-    masked = mcore.build_masked_gpt_model(shape, MaskConfig())
+    masked = mcore.build_masked_gpt_model(shape, MaskConfig(), use_te=False)
     load_dense_weights(directory, model=masked)
     for key, value in dense.state_dict().items():
         if not key.endswith("_extra_state"):
@@ -140,7 +147,7 @@ def test_dense_pretrained_checkpoint_loads_into_a_model_with_more_extra_state(
 
 
 def test_load_model_tensors_is_strict_about_everything_else(mcore):
-    model = mcore.build_masked_gpt_model(mcore.ModelShape(**TINY_LLAMA), MaskConfig())
+    model = mcore.build_masked_gpt_model(mcore.ModelShape(**TINY_LLAMA), MaskConfig(), use_te=False)
     tensors = dict(model.state_dict())
     mcore.load_model_tensors(model, tensors)
     logits = [key for key in tensors if key.endswith("mask_logits")]

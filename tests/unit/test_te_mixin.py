@@ -25,7 +25,8 @@ class StandInTELinear(torch.nn.Module):
         super().__init__()
         self.config = config
         self.fuse_wgrad_accumulation = bool(getattr(config, "gradient_accumulation_fusion", False))
-        self.weight = torch.nn.Parameter(torch.randn(output_size, input_size).to(config.params_dtype))
+        weight = torch.randn(output_size, input_size).to(config.params_dtype)
+        self.weight = torch.nn.Parameter(weight)
         self.fail = fail
         self.seen_weights = []
 
