@@ -108,15 +108,19 @@ def build_transformer_config(
     return TransformerConfig(**kwargs)
 
 
+TRANSFORMER_IMPLS = ("auto", "transformer_engine", "local")
+"""Layer implementations: TE where it can run, TE (or an error), Megatron's local modules."""
+
+
 def use_transformer_engine(impl: str) -> bool:
-    """Whether layer implementation ``impl`` ("auto", "transformer_engine" or "local") means
-    Transformer Engine layers here; asking for TE where it cannot run is an error."""
+    """Whether layer implementation ``impl`` (one of :data:`TRANSFORMER_IMPLS`) means Transformer
+    Engine layers here; asking for TE where it cannot run is an error."""
+    if impl not in TRANSFORMER_IMPLS:
+        raise ValueError(f"transformer_impl {impl!r} is not one of {TRANSFORMER_IMPLS}")
     if impl == "local":
         return False
     if impl == "auto":
         return compat.HAVE_TE and torch.cuda.is_available()
-    if impl != "transformer_engine":
-        raise ValueError(f"transformer_impl {impl!r} is not one of auto, transformer_engine, local")
     if not compat.HAVE_TE:
         raise ValueError("transformer_impl 'transformer_engine' needs Transformer Engine, which "
                          "does not import here (NGC PyTorch containers ship it): use 'local'")

@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..masking import MaskConfig
-from ..mcore.model import ModelShape
+from ..mcore.model import TRANSFORMER_IMPLS, ModelShape
 
 LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
 RECOMPUTE_CHOICES = ("full", "selective")
-TRANSFORMER_IMPLS = ("auto", "transformer_engine", "local")
 
 
 @dataclass(kw_only=True)
