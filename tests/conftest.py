@@ -9,6 +9,17 @@ os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
 warnings.filterwarnings("ignore", category=UserWarning)
 
 
+@pytest.fixture(autouse=True)
+def local_layers_in_the_unit_tier(request, monkeypatch):
+    """tests/unit tests Megatron's local layers wherever it runs, also on a GPU with Transformer
+    Engine (tools/gpu_check.sh runs it on CUDA): the "auto" layer choice says local there, and
+    TE asked for by name is refused as without TE. The TE layers are tests/gpu's business."""
+    if request.path.parent.name == "unit":
+        from megatron_masklm.mcore import compat
+
+        monkeypatch.setattr(compat, "HAVE_TE", False)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
