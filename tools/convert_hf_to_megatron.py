@@ -30,7 +30,7 @@ def main(argv=None) -> int:
             pipeline_model_parallel_size=args.target_pipeline_parallel_size, dtype=args.dtype,
             make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
             overwrite=args.overwrite, progress=not args.no_progress)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

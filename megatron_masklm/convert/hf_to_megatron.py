@@ -16,8 +16,11 @@ writer then streams the scratch files to disk.
 """
 import contextlib
 import ctypes
+import errno
 import json
+import math
 import os
+import shutil
 from dataclasses import asdict
 from typing import Optional
 
@@ -61,6 +64,7 @@ def convert_hf_to_megatron(source: str, output: str, *, tensor_model_parallel_si
             perform_initialization=False)
         model = mcore.build_dense_gpt_model(shape, config=config)
         params = dict(model.named_parameters())
+        _check_free_space(tmp, output, sum(p.numel() for p in params.values()) * torch_dtype.itemsize)
         scratch = os.path.join(tmp, ".scratch")
         os.makedirs(scratch)
         for index, pm in enumerate(tqdm(maps, desc="converting", unit="tensor", disable=not progress)):
@@ -70,8 +74,7 @@ def convert_hf_to_megatron(source: str, output: str, *, tensor_model_parallel_si
                 raise ValueError(f"{', '.join(pm.hf)} give shape {tuple(tensor.shape)} but the config "
                                  f"implies {tuple(param.shape)} for {pm.megatron}: the weights do "
                                  "not match config.json")
-            buffer = torch.from_file(os.path.join(scratch, f"{index}.bin"), shared=True,
-                                     size=tensor.numel(), dtype=torch_dtype).view(tensor.shape)
+            buffer = _file_backed(os.path.join(scratch, f"{index}.bin"), tensor.shape, torch_dtype)
             buffer.copy_(tensor)
             param.data = buffer
             del tensor
@@ -101,11 +104,44 @@ def _views_as_own_files(state, scratch: str):
         if not isinstance(sharded, ShardedTensor) or data is None:
             continue
         if data.untyped_storage().nbytes() != data.numel() * data.element_size():
-            own = torch.from_file(os.path.join(scratch, f"view{index}.bin"), shared=True,
-                                  size=data.numel(), dtype=data.dtype).view(data.shape)
+            own = _file_backed(os.path.join(scratch, f"view{index}.bin"), data.shape, data.dtype)
             own.copy_(data)
             sharded.data = own
     return state
+
+
+def _check_free_space(tmp: str, output: str, model_bytes: int) -> None:
+    """The scratch files and the checkpoint are both on disk while the checkpoint is written:
+    refuse up front when the output's filesystem has less than twice the model free."""
+    needed, free = 2 * model_bytes, shutil.disk_usage(tmp).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"converting needs about {_gib(needed)} free next to {output!r} "
+                      f"(the checkpoint plus as much scratch) but {_gib(free)} is free: free space "
+                      "there or pick a --save-dir on another filesystem")
+
+
+def _file_backed(path: str, shape, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor whose memory is the shared mapping of its own file, the file's blocks reserved
+    first: on a full disk the reservation fails with ENOSPC, where writing into a sparse mapping
+    kills the process with SIGBUS (leaving the temporary output behind)."""
+    numel = math.prod(shape)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        if numel:
+            os.posix_fallocate(fd, 0, numel * dtype.itemsize)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise OSError(error.errno, f"no room for the conversion's scratch files in "
+                      f"{os.path.dirname(path)!r} ({os.strerror(error.errno)}): free space there "
+                      "or pick a --save-dir on another filesystem") from error
+    finally:
+        os.close(fd)
+    return torch.from_file(path, shared=True, size=numel, dtype=dtype).view(shape)
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
 
 
 @contextlib.contextmanager
@@ -163,8 +199,6 @@ def _mkdir(path: str) -> str:
 
 
 def _rmtree(path: str) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -1,6 +1,7 @@
 """HF <-> Megatron conversion in one process: bit-identical round trips, logits equal to
 transformers' LlamaForCausalLM, and clear errors that leave nothing behind."""
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -191,3 +192,75 @@ def test_export_reads_local_layer_names_on_a_machine_with_transformer_engine(tmp
     convert_megatron_to_hf(str(tmp_path / "mg"), str(tmp_path / "back"))
     state, source = load_file(tmp_path / "back" / "model.safetensors"), load_file(hf_dir / "model.safetensors")
     assert state.keys() == source.keys() and all(torch.equal(state[k], source[k]) for k in source)
+
+
+def test_too_little_free_space_is_refused_up_front(tmp_path, monkeypatch):
+    import errno
+
+    from megatron_masklm.convert import convert_hf_to_megatron, hf_to_megatron
+
+    hf_dir = tmp_path / "hf"
+    tiny_llama(hf_dir)
+    real = shutil.disk_usage
+    monkeypatch.setattr(hf_to_megatron.shutil, "disk_usage",
+                        lambda path: real(path)._replace(free=100_000))
+    with pytest.raises(OSError) as error:
+        convert_hf_to_megatron(str(hf_dir), str(tmp_path / "out"), dtype="float32", progress=False)
+    assert error.value.errno == errno.ENOSPC
+    # 2 x the padded model in fp32: 2 x 4 x (2 x 128 x 64 + 64 + 2 x (2 x 64 + 64 x 128 + 64 x 64
+    # + 2 x 96 x 64 + 64 x 96)) = 0.00066 GiB
+    params = 2 * 128 * 64 + 64 + 2 * (2 * 64 + 64 * 128 + 64 * 64 + 2 * 96 * 64 + 64 * 96)
+    assert f"needs about {2 * 4 * params / 2**30:.2f} GiB" in str(error.value)
+    assert "0.00 GiB is free" in str(error.value) and "--save-dir" in str(error.value)
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+_BYPASS_SPACE_CHECK = """
+import sys
+sys.path.insert(0, {tools!r})
+import convert_hf_to_megatron as cli
+from megatron_masklm.convert import hf_to_megatron
+hf_to_megatron._check_free_space = lambda *args: None  # as if the disk filled after the check
+if __name__ == "__main__":
+    sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _on_a_small_filesystem(tmp_path, command, size="64k"):
+    """Run ``command`` (a shell string) with ``tmp_path / 'small'`` a tmpfs of ``size`` bytes,
+    mounted in a private mount namespace (gone with the process); then list what it left there."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux unshare to mount a small filesystem")
+    small = tmp_path / "small"
+    small.mkdir()
+    script = f"mount -t tmpfs -o size={size} tmpfs {small} || exit 99; {command}; rc=$?; " \
+             f"echo LEFT: $(ls -A {small}); exit $rc"
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=180, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode == 99 or "unshare failed" in proc.stderr:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or user namespaces): {proc.stderr[-300:]}")
+    return proc, small
+
+
+@pytest.mark.parametrize("space_check", ["on", "bypassed"])
+def test_a_full_filesystem_is_a_clear_error_not_a_bus_error(tmp_path, space_check):
+    """A 64 KiB filesystem cannot hold the tiny model's 300 KiB of scratch files. The check up
+    front refuses; without it, the scratch files' blocks are reserved before they are mapped, so
+    the disk filling up mid-way is ENOSPC with a message (writing into a sparse shared mapping
+    of a full filesystem killed the process with SIGBUS and left the temporary output behind)."""
+    hf_dir = tmp_path / "hf"
+    tiny_llama(hf_dir)
+    tools = os.path.join(ROOT, "tools")
+    if space_check == "on":
+        program = [os.path.join(tools, "convert_hf_to_megatron.py")]
+    else:
+        (tmp_path / "bypass.py").write_text(_BYPASS_SPACE_CHECK.format(tools=tools))
+        program = [str(tmp_path / "bypass.py")]
+    args = " ".join(program + ["--load-dir", str(hf_dir), "--save-dir", str(tmp_path / "small" / "mg"),
+                               "--dtype", "float32", "--no-progress"])
+    proc, _ = _on_a_small_filesystem(tmp_path, f"{sys.executable} {args}")
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    expected = "GiB is free" if space_check == "on" else "No space left on device"
+    assert expected in proc.stderr and "pick a --save-dir on another filesystem" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.strip().endswith("LEFT:"), proc.stdout  # nothing left on the small disk
