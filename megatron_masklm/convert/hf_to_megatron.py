@@ -64,7 +64,10 @@ def convert_hf_to_megatron(source: str, output: str, *, tensor_model_parallel_si
             perform_initialization=False)
         model = mcore.build_dense_gpt_model(shape, config=config)
         params = dict(model.named_parameters())
-        _check_free_space(tmp, output, sum(p.numel() for p in params.values()) * torch_dtype.itemsize)
+        model_bytes = sum(p.numel() for p in params.values()) * torch_dtype.itemsize
+        # the scratch files and the checkpoint are on disk together while it is written
+        _require_free_space(tmp, output, 2 * model_bytes,
+                            "converting (the checkpoint plus as much scratch)")
         scratch = os.path.join(tmp, ".scratch")
         os.makedirs(scratch)
         for index, pm in enumerate(tqdm(maps, desc="converting", unit="tensor", disable=not progress)):
@@ -79,6 +82,8 @@ def convert_hf_to_megatron(source: str, output: str, *, tensor_model_parallel_si
             param.data = buffer
             del tensor
         state = _views_as_own_files(model.sharded_state_dict(), scratch)
+        # the writer fails obscurely on a full disk; the GLU views' scratch came on top
+        _require_free_space(tmp, output, model_bytes, "writing the checkpoint")
         dist_checkpointing.save(state, _mkdir(os.path.join(tmp, "release")))
         del state
         del model, params
@@ -110,14 +115,12 @@ def _views_as_own_files(state, scratch: str):
     return state
 
 
-def _check_free_space(tmp: str, output: str, model_bytes: int) -> None:
-    """The scratch files and the checkpoint are both on disk while the checkpoint is written:
-    refuse up front when the output's filesystem has less than twice the model free."""
-    needed, free = 2 * model_bytes, shutil.disk_usage(tmp).free
+def _require_free_space(tmp: str, output: str, needed: int, purpose: str) -> None:
+    free = shutil.disk_usage(tmp).free
     if free < needed:
-        raise OSError(errno.ENOSPC, f"converting needs about {_gib(needed)} free next to {output!r} "
-                      f"(the checkpoint plus as much scratch) but {_gib(free)} is free: free space "
-                      "there or pick a --save-dir on another filesystem")
+        raise OSError(errno.ENOSPC, f"{purpose} needs about {_size(needed)} free next to {output!r} "
+                      f"but {_size(free)} is free: free space there or pick a --save-dir on another "
+                      "filesystem")
 
 
 def _file_backed(path: str, shape, dtype: torch.dtype) -> torch.Tensor:
@@ -140,8 +143,8 @@ def _file_backed(path: str, shape, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_file(path, shared=True, size=numel, dtype=dtype).view(shape)
 
 
-def _gib(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.2f} GiB"
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 @contextlib.contextmanager

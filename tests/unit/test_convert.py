@@ -194,24 +194,36 @@ def test_export_reads_local_layer_names_on_a_machine_with_transformer_engine(tmp
     assert state.keys() == source.keys() and all(torch.equal(state[k], source[k]) for k in source)
 
 
-def test_too_little_free_space_is_refused_up_front(tmp_path, monkeypatch):
+@pytest.mark.parametrize("short_at", ["start", "writing"])
+def test_too_little_free_space_is_refused(tmp_path, monkeypatch, short_at):
+    """Twice the model free is needed up front (scratch plus checkpoint), and the model's size
+    again when the checkpoint writer starts (the GLU halves' own scratch files came on top)."""
     import errno
 
     from megatron_masklm.convert import convert_hf_to_megatron, hf_to_megatron
 
     hf_dir = tmp_path / "hf"
     tiny_llama(hf_dir)
-    real = shutil.disk_usage
-    monkeypatch.setattr(hf_to_megatron.shutil, "disk_usage",
-                        lambda path: real(path)._replace(free=100_000))
+    real, calls = shutil.disk_usage, []
+
+    def disk_usage(path):
+        calls.append(path)
+        full = short_at == "start" or len(calls) > 1
+        return real(path)._replace(free=100_000) if full else real(path)
+
+    monkeypatch.setattr(hf_to_megatron.shutil, "disk_usage", disk_usage)
     with pytest.raises(OSError) as error:
         convert_hf_to_megatron(str(hf_dir), str(tmp_path / "out"), dtype="float32", progress=False)
     assert error.value.errno == errno.ENOSPC
-    # 2 x the padded model in fp32: 2 x 4 x (2 x 128 x 64 + 64 + 2 x (2 x 64 + 64 x 128 + 64 x 64
-    # + 2 x 96 x 64 + 64 x 96)) = 0.00066 GiB
-    params = 2 * 128 * 64 + 64 + 2 * (2 * 64 + 64 * 128 + 64 * 64 + 2 * 96 * 64 + 64 * 96)
-    assert f"needs about {2 * 4 * params / 2**30:.2f} GiB" in str(error.value)
-    assert "0.00 GiB is free" in str(error.value) and "--save-dir" in str(error.value)
+    # the padded model in fp32: 4 x (2 x 128 x 64 + 64 + 2 x (2 x 64 + 64 x 128 + 64 x 64
+    # + 2 x 96 x 64 + 64 x 96)) bytes, 0.3 MiB
+    model = 4 * (2 * 128 * 64 + 64 + 2 * (2 * 64 + 64 * 128 + 64 * 64 + 2 * 96 * 64 + 64 * 96))
+    needed, purpose = {"start": (2 * model, "converting"),
+                       "writing": (model, "writing the checkpoint")}[short_at]
+    assert str(error.value).startswith(f"[Errno 28] {purpose}")
+    assert f"needs about {needed / 2**20:.1f} MiB" in str(error.value)
+    assert "but 0.1 MiB is free" in str(error.value) and "--save-dir" in str(error.value)
+    assert len(calls) == {"start": 1, "writing": 2}[short_at]
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 
@@ -220,7 +232,7 @@ import sys
 sys.path.insert(0, {tools!r})
 import convert_hf_to_megatron as cli
 from megatron_masklm.convert import hf_to_megatron
-hf_to_megatron._check_free_space = lambda *args: None  # as if the disk filled after the check
+hf_to_megatron._require_free_space = lambda *args: None  # as if the disk filled after the checks
 if __name__ == "__main__":
     sys.exit(cli.main(sys.argv[1:]))
 """
@@ -260,7 +272,7 @@ def test_a_full_filesystem_is_a_clear_error_not_a_bus_error(tmp_path, space_chec
                                "--dtype", "float32", "--no-progress"])
     proc, _ = _on_a_small_filesystem(tmp_path, f"{sys.executable} {args}")
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
-    expected = "GiB is free" if space_check == "on" else "No space left on device"
+    expected = "MiB is free" if space_check == "on" else "No space left on device"
     assert expected in proc.stderr and "pick a --save-dir on another filesystem" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout.strip().endswith("LEFT:"), proc.stdout  # nothing left on the small disk
