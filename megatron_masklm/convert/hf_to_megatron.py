@@ -126,11 +126,12 @@ def _require_free_space(tmp: str, output: str, needed: int, purpose: str) -> Non
 def _file_backed(path: str, shape, dtype: torch.dtype) -> torch.Tensor:
     """A tensor whose memory is the shared mapping of its own file, the file's blocks reserved
     first: on a full disk the reservation fails with ENOSPC, where writing into a sparse mapping
-    kills the process with SIGBUS (leaving the temporary output behind)."""
+    kills the process with SIGBUS (leaving the temporary output behind). macOS has no
+    posix_fallocate: there the file stays sparse, and the check up front is the guard."""
     numel = math.prod(shape)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        if numel:
+        if numel and hasattr(os, "posix_fallocate"):
             os.posix_fallocate(fd, 0, numel * dtype.itemsize)
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

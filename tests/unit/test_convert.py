@@ -276,3 +276,19 @@ def test_a_full_filesystem_is_a_clear_error_not_a_bus_error(tmp_path, space_chec
     assert expected in proc.stderr and "pick a --save-dir on another filesystem" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout.strip().endswith("LEFT:"), proc.stdout  # nothing left on the small disk
+
+
+def test_conversion_without_posix_fallocate(tmp_path, monkeypatch):
+    """macOS has no os.posix_fallocate: the scratch files are then left sparse, as torch makes
+    them, and the conversion is the same."""
+    from megatron_masklm.convert import convert_hf_to_megatron
+
+    hf_dir = tmp_path / "hf"
+    reference = tiny_llama(hf_dir)
+    monkeypatch.delattr(os, "posix_fallocate")
+    convert_hf_to_megatron(str(hf_dir), str(tmp_path / "mg"), dtype="float32", progress=False)
+    tokens = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference(tokens).logits
+    torch.testing.assert_close(megatron_logits(str(tmp_path / "mg"), tokens)[..., :100], expected,
+                               rtol=1e-5, atol=1e-5)
