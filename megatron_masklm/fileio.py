@@ -39,9 +39,9 @@ def _atomic_write(path: str, suffix: str, write: Callable) -> None:
 
 @contextlib.contextmanager
 def atomic_output_dir(output: str, *, overwrite: bool = False):
-    """Yield a temporary sibling of ``output``; it becomes ``output`` only on success.
-
-    An existing ``output`` (with ``overwrite``) is kept until the new one is in place.
+    """Yield a temporary sibling of ``output``; it becomes ``output`` only on success, with the
+    permissions a plain ``mkdir`` would give it (the umask's). An existing ``output`` (with
+    ``overwrite``) is kept until the new one is in place.
     """
     output = os.path.abspath(output)
     if os.path.lexists(output) and not overwrite:
@@ -49,6 +49,7 @@ def atomic_output_dir(output: str, *, overwrite: bool = False):
     parent, base = os.path.split(output)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; outputs are shared
     try:
         yield tmp
         _move_into_place(tmp, output)
