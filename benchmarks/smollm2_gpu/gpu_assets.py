@@ -34,7 +34,6 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import string
 import subprocess
 import sys
@@ -170,10 +169,9 @@ def pack(sources: Dict[str, str], out: str, *, part_mib: float = DEFAULT_PART_MI
                 "parts": {p: sum(piece["bytes"] for f in files for piece in f["pieces"]
                                  if piece["part"] == p) for p in parts},
                 "files": files, "references": references or {}}
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp.", dir=parent)
-    try:
+    from megatron_masklm.fileio import atomic_output_dir  # the packing side has the package
+
+    with atomic_output_dir(out, overwrite=True) as tmp:  # refused above unless --overwrite
         for f in files:
             with open(sources[f["path"]], "rb") as source:
                 for piece in f["pieces"]:
@@ -185,12 +183,6 @@ def pack(sources: Dict[str, str], out: str, *, part_mib: float = DEFAULT_PART_MI
         for part in parts:
             with open(os.path.join(tmp, part, MANIFEST), "w") as handle:
                 json.dump(manifest, handle, indent=1)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

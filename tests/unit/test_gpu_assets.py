@@ -134,6 +134,7 @@ def test_cli_pack_then_unpack(tmp_path, capsys):
     assert sorted(summary["parts"]) == ["a", "b"]
     assert assets.main(args) == 1 and "--overwrite" in capsys.readouterr().err
     assert assets.main(args + ["--overwrite"]) == 0
+    assert sorted(os.listdir(tmp_path)) == [".gpu_assets", "work"]  # no temporary siblings left
     assert assets.main(["unpack", "--assets", str(out), "--into", str(tmp_path / "u")]) == 0
     assert (tmp_path / "u" / "eval.txt").read_bytes() == (workdir / "eval.txt").read_bytes()
 
