@@ -2,8 +2,14 @@
 
 The function must live at module level (spawn pickles it by reference). Each rank gets a
 fresh interpreter, so Megatron's global parallel state never leaks between tests.
+
+A rank's result crosses to the parent as plain bytes (``pickle.dumps`` in the child, tensors
+by value), never through torch.multiprocessing's shared-memory handles: those refer to file
+descriptors the child must still hold when the parent unpickles, so a child that finished
+and exited first made the parent fail with FileNotFoundError in resource_sharer.
 """
 import os
+import pickle
 import queue
 import tempfile
 import time
@@ -24,7 +30,7 @@ def _worker(fn, rank, world_size, store_dir, kwargs, results):
     torch.set_num_threads(1)
     try:
         value = fn(rank=rank, init_method=f"file://{store_dir}/pg_init", **kwargs)
-        results.put((rank, "ok", value))
+        results.put((rank, "ok", to_bytes(value)))
     except BaseException:  # report everything, including assertion errors, to the parent
         results.put((rank, "error", traceback.format_exc()))
     finally:
@@ -34,6 +40,12 @@ def _worker(fn, rank, world_size, store_dir, kwargs, results):
             destroy_distributed()
         except Exception:
             pass
+
+
+def to_bytes(value) -> bytes:
+    """``value`` pickled by value with the standard pickler (a tensor's storage is copied into
+    the bytes), so nothing the parent reads depends on this process being alive."""
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def run_distributed(fn, *, world_size: int = 2, timeout: float = 240.0, **kwargs):
@@ -61,7 +73,7 @@ def run_distributed(fn, *, world_size: int = 2, timeout: float = 240.0, **kwargs
                     continue
                 if status == "error":
                     raise AssertionError(f"rank {rank} failed:\n{value}")
-                values[rank] = value
+                values[rank] = pickle.loads(value)
         finally:
             for proc in procs:
                 proc.join(timeout=20 if len(values) == world_size else 0.1)
