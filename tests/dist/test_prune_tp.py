@@ -43,7 +43,7 @@ def _prune_and_train_tp2(*, rank, init_method, checkpoint, calib, out, data):
         run = setup_run(run_config(data, tensor_model_parallel_size=2, prior_strength=strength,
                                    pretrained_checkpoint=checkpoint,
                                    prior_mask=f"{out}/sparsegpt.npz"))
-        priors = load_global_masks(f"{out}/sparsegpt.npz", run.gpt)
+        priors = load_global_masks(f"{out}/sparsegpt.npz", run.gpt, shape=run.config.model)
         agree = total = 0
         for name, layer in masked_linears(run.gpt):
             m = layer.mask_config.m
@@ -89,7 +89,10 @@ def test_tp2_equals_tp1_and_the_prior_reaches_training(tmp_path):
     two = load_megatron_checkpoint(str(tmp_path / "tp2" / "sparsegpt_ckpt")).tensors
     original = load_megatron_checkpoint(checkpoint).tensors
     for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
+        # float32 OBS updates amplify summation-order rounding, and the BLAS splits its sums by
+        # how many threads it gets (fewer under load): 1e-6 failed at random, by 1.9e-6 on one
+        # weight of 4096 (|w| ~ 5e-3), so the bound is 1e-5 (still 1e-4 of the largest weights)
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
         if "proj" in name:
             assert not torch.equal(one[name], original[name])  # updated, not just masked
     for first in results:
