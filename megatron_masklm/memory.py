@@ -48,7 +48,7 @@ counts the real tensors; ``tests/unit/test_estimate_memory.py``):
   layer keeps (bytes)::
 
       norms and their linears' inputs  4 e s b h u
-      attention, flash (TE fused)      e s b (2h + 2 g d) / t + 4 a s b / t   (Q, K, V, output, LSE)
+      attention, flash (fused)         e s b (2h + 2 g d) / t + 4 a s b / t   (Q, K, V, output, LSE)
       attention, local (unfused)       4 e s b h / t + (4 + e [e = 2]) a s^2 b / t
                                        (Q, K and V repeated to every head, context, fp32 softmax
                                        and its e-byte copy)
@@ -127,10 +127,12 @@ The same runs with Megatron's unfused local attention need about 33 and 58 GiB, 
 sequence parallelism 24 and 45 GiB, with full recomputation 13 and 24 GiB, and with the
 non-distributed optimizer 28 and 55 GiB.
 
-Against a GPU: tools/gpu_check.sh trains a SmolLM2-135M-shaped model (bf16, local attention,
-micro-batch 8 x 2,048 tokens, TP 1) on one H200 and README.md reports a peak of 70.7 GiB
-allocated; ``--model smollm2-135m --bf16 --micro-batch-size 8 --seq-length 2048 --attention
-local --global-batch-size 32`` estimates 71.4 GiB, most of it the local attention's scores.
+Against a GPU: tools/gpu_check.sh trained a SmolLM2-135M-shaped model (bf16, micro-batch 8 x
+2,048 tokens, TP 1) on one H200, when training still used Megatron's unfused local attention,
+and README.md reports a peak of 70.7 GiB allocated; ``--model smollm2-135m --bf16
+--micro-batch-size 8 --seq-length 2048 --attention local --global-batch-size 32`` estimates
+71.4 GiB, most of it the local attention's scores. Training now computes that attention with
+torch's fused kernel (``--attention flash`` here).
 """
 import argparse
 import dataclasses
@@ -199,7 +201,9 @@ class Setup:
     """Takes effect only with TP > 1, as in the builders."""
     recompute_granularity: str = "none"
     attention: str = "flash"
-    """"flash": Transformer Engine's fused attention; "local": Megatron's unfused local spec."""
+    """"flash": a fused kernel that keeps no score matrix (Transformer Engine's, or torch's
+    scaled_dot_product_attention, which training's local spec uses); "local": Megatron's
+    unfused attention (what the local spec falls back to where the fused path does not apply)."""
     make_vocab_size_divisible_by: int = 128
 
     @property

@@ -61,6 +61,7 @@ class MaskedLinearMixin:
             logits, True, self.logits_tp_axis, getattr(weight, "partition_stride", 1))
         logits.allreduce = getattr(weight, "allreduce", True)
         self.mask_logits = logits
+        self.mask_enabled = True  # False: the plain weight (the dense teacher of distillation)
         self.set_mask_state(MaskState(temperature=mask_config.temperature[0],
                                       logit_scale=mask_config.logit_scale[0],
                                       reg_weight=mask_config.reg_weight[0]))
@@ -114,8 +115,11 @@ class MaskedLinearMixin:
             return gumbel_noise(self.mask_logits.shape, device=device)
 
     def masked_weight(self, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """W * M~ in training mode (fresh Gumbel noise), W * argmax-mask in eval mode."""
+        """W * M~ in training mode (fresh Gumbel noise), W * argmax-mask in eval mode; W itself
+        while the mask is switched off (:func:`megatron_masklm.mcore.masks_off`)."""
         weight = self.weight if weight is None else weight
+        if not self.mask_enabled:
+            return weight
         logits, candidates = self.mask_logits, self.mask_candidates
         wants_logit_grad = torch.is_grad_enabled() and logits.requires_grad
         if not self.training and not wants_logit_grad:

@@ -1,4 +1,5 @@
 """Build masked LLaMA-family and GPT-style Megatron-Core models, and act on their masks."""
+import contextlib
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -255,6 +256,21 @@ def apply_mask_training_freeze(model: torch.nn.Module, *, train_weights: bool) -
     """Only the mask logits train; with ``train_weights`` everything else trains too."""
     for name, param in model.named_parameters():
         param.requires_grad_(train_weights or name.endswith("mask_logits"))
+
+
+@contextlib.contextmanager
+def masks_off(model: torch.nn.Module):
+    """Within the block every masked linear uses its plain weight: the dense model, from the
+    same parameters (what distillation's teacher is). Restored on exit, also on an error."""
+    layers = [layer for _, layer in masked_linears(model)]
+    previous = [layer.mask_enabled for layer in layers]
+    for layer in layers:
+        layer.mask_enabled = False
+    try:
+        yield model
+    finally:
+        for layer, enabled in zip(layers, previous):
+            layer.mask_enabled = enabled
 
 
 def apply_mask_state(model: torch.nn.Module, state: MaskState) -> None:

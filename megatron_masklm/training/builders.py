@@ -35,8 +35,10 @@ def build_model_and_optimizer(config: RunConfig):
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
         sequence_parallel=p.sequence_parallel, bf16=p.bf16, pipeline_dtype=dtype,
         gradient_accumulation_fusion=p.gradient_accumulation_fusion, **recompute)
+    # sdpa_attention: torch's fused causal attention in the local spec (same maths as
+    # Megatron's unfused one, about 2.5x faster on CPU); TE specs keep their own
     gpt = build_masked_gpt_model(
-        config.model, config.mask, config=tconfig, use_te=use_te,
+        config.model, config.mask, config=tconfig, use_te=use_te, sdpa_attention=True,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage())
     module = Float16Module(tconfig, gpt) if p.bf16 else gpt
@@ -77,12 +79,13 @@ def build_tokenizer_for(config: RunConfig):
     return tokenizer
 
 
-def build_data(config: RunConfig) -> Tuple[object, Optional[object]]:
-    """(train, validation) GPT datasets sized for the whole run (validation may be None)."""
+def build_data(config: RunConfig, *, tokenizer=None) -> Tuple[object, Optional[object]]:
+    """(train, validation) GPT datasets sized for the whole run (validation may be None);
+    ``tokenizer`` defaults to :func:`build_tokenizer_for`'s."""
     from ..data import build_gpt_datasets
 
     t, d, log = config.training, config.data, config.logging
-    tokenizer = build_tokenizer_for(config)
+    tokenizer = tokenizer or build_tokenizer_for(config)
     common = dict(seq_length=t.seq_length, seed=t.seed, tokenizer=tokenizer,
                   cache_dir=d.data_cache_path and os.path.abspath(d.data_cache_path))
     train_samples, valid_samples = t.train_iters * t.global_batch_size, log.eval_iters * t.global_batch_size

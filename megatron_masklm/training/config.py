@@ -6,6 +6,7 @@ recipe (SPEC section 3) except for the hardware-dependent settings (parallel siz
 the launch configs in ``examples/`` set.
 """
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -170,7 +171,8 @@ class CheckpointConfig:
     pretrained_checkpoint: Optional[str] = None
     """Dense Megatron checkpoint whose weights the masks are learned for (used when nothing to resume)."""
     prior_mask: Optional[str] = None
-    """One-shot mask (.npz, Megatron layer names) that shifts the initial logits (SPEC prior)."""
+    """Mask file that shifts the initial logits (SPEC prior): a one-shot mask or one a run learned
+    (tools/prune_oneshot.py or tools/export_masks.py output), npz or compact, Megatron or HF names."""
 
     def __post_init__(self):
         if self.save_interval is not None:
@@ -200,6 +202,28 @@ class LoggingConfig:
 
 
 @dataclass(kw_only=True)
+class DistillConfig:
+    """Distillation from the frozen dense model: the same weights with the masks off."""
+
+    distill_weight: float = 0.0
+    """Weight of KL(teacher || student) on the output logits, added to the LM loss per token
+    (0: off). The teacher is this model with its masks off, so no second copy of the weights
+    exists; it needs frozen weights."""
+    distill_temperature: float = 1.0
+    """Softmax temperature T of teacher and student in the KL, which is multiplied by T^2."""
+
+    def __post_init__(self):
+        if not (math.isfinite(self.distill_weight) and self.distill_weight >= 0):
+            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.distill_weight > 0
+
+
+@dataclass(kw_only=True)
 class RunConfig:
     """A whole run: the model's shape, its masks, and how to train them."""
 
@@ -211,8 +235,13 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    distillation: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self):
+        if self.distillation.enabled and self.mask.train_weights:
+            raise ValueError("--distill-weight needs frozen weights (the teacher is the dense "
+                             "model: these weights with the masks off); drop --train-weights "
+                             "or --distill-weight")
         if self.training.seq_length > self.model.max_position_embeddings:
             raise ValueError(f"seq_length {self.training.seq_length} exceeds the model's "
                              f"max_position_embeddings {self.model.max_position_embeddings}")
@@ -245,7 +274,7 @@ class RunConfig:
 SECTION_CLASSES = {
     "model": ModelShape, "mask": MaskConfig, "parallel": ParallelConfig,
     "optimizer": OptimizerConfig, "training": TrainingConfig, "data": DataConfig,
-    "checkpoint": CheckpointConfig, "logging": LoggingConfig,
+    "checkpoint": CheckpointConfig, "logging": LoggingConfig, "distillation": DistillConfig,
 }
 """Run-config section name -> the dataclass that owns its options."""
 

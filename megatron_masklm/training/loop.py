@@ -5,23 +5,25 @@ checkpoints; the mask schedules, the per-iteration Gumbel reseeding and the hard
 validation are ours. The same code runs with NCCL on GPUs and with gloo on CPU.
 """
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from ..masking import MaskState, mask_state_at, soft_mask
-from ..mcore import (apply_mask_state, apply_prior_masks, check_nm, masked_linears,
+from ..mcore import (apply_mask_state, apply_prior_masks, check_nm, masked_linears, masks_off,
                      seed_mask_noise, set_random_seeds)
 from ..mcore.global_masks import load_global_masks
 from . import checkpointing
-from .builders import build_data, build_model_and_optimizer
+from .builders import build_data, build_model_and_optimizer, build_tokenizer_for
 from .checkpointing import TrainState
-from .config import RunConfig
+from .config import DistillConfig, RunConfig
+from .distillation import vocab_parallel_kl
 from .monitor import MetricsLogger, peak_memory_bytes, perplexity
 
 
@@ -38,6 +40,8 @@ class Run:
     valid_data: Optional[object]
     state: TrainState = field(default_factory=TrainState)
     mask_choices: Dict[str, torch.Tensor] = field(default_factory=dict)
+    vocab_size: Optional[int] = None
+    """The tokenizer's vocabulary (the model's rows past it are padding)."""
 
 
 def data_parallel_size() -> int:
@@ -72,38 +76,100 @@ def microbatches(dataset, *, first_sample: int, config: RunConfig) -> List[Dict[
     return batches
 
 
+def _batch_on_device(batch, model):
+    device = next(model.parameters()).device
+    return (batch[k].to(device) for k in ("tokens", "labels", "loss_mask", "position_ids"))
+
+
+def _masked_mean(per_token: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    mask = loss_mask.reshape(-1).float()
+    return (per_token.float().reshape(-1) * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 def _forward_step(data_iterator: Iterator, model):
     batch = next(data_iterator)
-    device = next(model.parameters()).device
-    tokens, labels, loss_mask, positions = (batch[k].to(device) for k in
-                                            ("tokens", "labels", "loss_mask", "position_ids"))
+    tokens, labels, loss_mask, positions = _batch_on_device(batch, model)
     output = model(tokens, positions, None, labels=labels)
 
     def loss_func(output_tensor):
-        mask = loss_mask.reshape(-1).float()
-        loss = (output_tensor.float().reshape(-1) * mask).sum() / mask.sum().clamp(min=1.0)
+        loss = _masked_mean(output_tensor, loss_mask)
         return loss, {"lm loss": loss.detach().clone()}
 
     return output, loss_func
 
 
-def _run_batches(run: Run, batches, *, forward_only: bool) -> float:
-    """Forward (+backward) over micro-batches; the DP-mean LM loss, known on every rank."""
-    t = run.config.training
+def _teacher_forward_step(data_iterator: Iterator, model):
+    """The dense teacher's forward (run under :func:`masks_off`); on the last pipeline stage its
+    vocab-parallel logits are kept in the micro-batch for the student's step."""
+    batch = next(data_iterator)
+    tokens, _, _, positions = _batch_on_device(batch, model)
+    output = model(tokens, positions, None)
+
+    def keep_logits(output_tensor):
+        batch["teacher_logits"] = output_tensor.detach()
+        return output_tensor.new_zeros(()).float(), {}
+
+    return output, keep_logits
+
+
+def _distill_forward_step(data_iterator: Iterator, model, *, distill: DistillConfig,
+                          vocab_size: int):
+    """The student's forward: LM loss + distill_weight x T^2 KL(teacher || student) per token,
+    both from the vocab-parallel logits (never gathered over the vocabulary)."""
+    batch = next(data_iterator)
+    tokens, labels, loss_mask, positions = _batch_on_device(batch, model)
+    output = model(tokens, positions, None)
+
+    def loss_func(logits):
+        teacher = batch.pop("teacher_logits")
+        group = parallel_state.get_tensor_model_parallel_group()
+        vocab_start = parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
+        kl = vocab_parallel_kl(logits, teacher, temperature=distill.distill_temperature,
+                               vocab_start=vocab_start, vocab_size=vocab_size, group=group)
+        # Megatron's cross-entropy shifts its input in place, so it comes after the KL
+        lm = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)
+        lm_loss, kl_loss = _masked_mean(lm, loss_mask), _masked_mean(kl, loss_mask)
+        loss = lm_loss + distill.distill_weight * kl_loss
+        return loss, {"lm loss": lm_loss.detach().clone(), "distill loss": kl_loss.detach().clone()}
+
+    return output, loss_func
+
+
+def _run_batches(run: Run, batches, *, forward_only: bool) -> Dict[str, float]:
+    """Forward (+backward) over micro-batches; the DP-mean losses ("lm loss", and "distill
+    loss" when distilling), known on every rank. Validation (``forward_only``) is LM loss only."""
+    t, distill = run.config.training, run.config.distillation
+    step = _forward_step
+    if distill.enabled and not forward_only:
+        _teacher_pass(run, batches)
+        step = functools.partial(_distill_forward_step, distill=distill, vocab_size=run.vocab_size)
     losses = get_forward_backward_func()(
-        forward_step_func=_forward_step, data_iterator=iter(batches), model=[run.ddp],
+        forward_step_func=step, data_iterator=iter(batches), model=[run.ddp],
         num_microbatches=len(batches), seq_length=t.seq_length,
         micro_batch_size=t.micro_batch_size, forward_only=forward_only)
+    keys = ["lm loss"] + (["distill loss"] if step is not _forward_step else [])
     device = next(run.gpt.parameters()).device
-    value = torch.zeros(1, dtype=torch.float64, device=device)
+    values = torch.zeros(len(keys), dtype=torch.float64, device=device)
     if parallel_state.is_pipeline_last_stage():
-        value += torch.stack([d["lm loss"] for d in losses]).double().mean()
-        dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
-        value /= data_parallel_size()
+        values += torch.stack([torch.stack([d[k] for k in keys]) for d in losses]).double().mean(0)
+        dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
+        values /= data_parallel_size()
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast(value, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+        dist.broadcast(values, src=parallel_state.get_pipeline_model_parallel_last_rank(),
                        group=parallel_state.get_pipeline_model_parallel_group())
-    return value.item()
+    return dict(zip(keys, values.tolist()))
+
+
+@torch.no_grad()
+def _teacher_pass(run: Run, batches) -> None:
+    """A forward-only pipeline pass of the dense teacher (the same parameters with the masks
+    off) over this step's micro-batches; the last stage keeps each one's logits in its batch."""
+    t = run.config.training
+    with masks_off(run.gpt):
+        get_forward_backward_func()(
+            forward_step_func=_teacher_forward_step, data_iterator=iter(batches), model=[run.ddp],
+            num_microbatches=len(batches), seq_length=t.seq_length,
+            micro_batch_size=t.micro_batch_size, forward_only=True)
 
 
 def prepare_iteration(run: Run, iteration: int) -> MaskState:
@@ -127,7 +193,7 @@ def train_step(run: Run) -> Dict[str, float]:
     batches = microbatches(run.train_data, first_sample=state.consumed_train_samples, config=config)
     run.ddp.zero_grad_buffer()
     run.optimizer.zero_grad()
-    loss = _run_batches(run, batches, forward_only=False)
+    losses = _run_batches(run, batches, forward_only=False)
     lr = max((g["lr"] for g in run.optimizer.param_groups if g["params"]), default=0.0)
     ok, grad_norm, _ = run.optimizer.step()
     if not ok:
@@ -136,7 +202,8 @@ def train_step(run: Run) -> Dict[str, float]:
     run.scheduler.step(increment=1)
     state.iteration += 1
     state.consumed_train_samples += config.training.global_batch_size
-    return {"lm_loss": loss, "grad_norm": float(grad_norm or 0.0),
+    extra = {"distill_loss": losses["distill loss"]} if "distill loss" in losses else {}
+    return {"lm_loss": losses["lm loss"], **extra, "grad_norm": float(grad_norm or 0.0),
             "temperature": mask_state.temperature, "logit_scale": mask_state.logit_scale,
             "reg_weight": mask_state.reg_weight, "lr": lr}
 
@@ -174,7 +241,7 @@ def evaluate(run: Run) -> Dict[str, float]:
         for index in range(config.logging.eval_iters):
             batches = microbatches(run.valid_data, config=config,
                                    first_sample=index * config.training.global_batch_size)
-            losses.append(_run_batches(run, batches, forward_only=True))
+            losses.append(_run_batches(run, batches, forward_only=True)["lm loss"])
     run.ddp.train()
     choices = mask_choices(run)
     changed = sum(int((choices[k] != run.mask_choices[k]).sum()) for k in choices)
@@ -195,7 +262,7 @@ def _initialise_masks(run: Run) -> None:
     if ckpt.pretrained_checkpoint:
         checkpointing.load_dense_weights(ckpt.pretrained_checkpoint, model=run.gpt)
     if ckpt.prior_mask:
-        priors = load_global_masks(ckpt.prior_mask, run.gpt)
+        priors = load_global_masks(ckpt.prior_mask, run.gpt, shape=run.config.model)
         apply_prior_masks(run.gpt, priors, strength=mask.prior_strength)
     if ckpt.pretrained_checkpoint or ckpt.prior_mask:
         run.optimizer.reload_model_params()  # main-parameter copies follow the loaded values
@@ -216,9 +283,10 @@ def setup_run(config: RunConfig) -> Run:
     _check_parallel_state(config)
     set_random_seeds(config.training.seed)
     ddp, gpt, optimizer, scheduler = build_model_and_optimizer(config)
-    train_data, valid_data = build_data(config)
+    tokenizer = build_tokenizer_for(config)
+    train_data, valid_data = build_data(config, tokenizer=tokenizer)
     run = Run(config=config, ddp=ddp, gpt=gpt, optimizer=optimizer, scheduler=scheduler,
-              train_data=train_data, valid_data=valid_data)
+              train_data=train_data, valid_data=valid_data, vocab_size=tokenizer.vocab_size)
     num_microbatches(config)  # fail early on a batch that does not split
     resume = checkpointing.latest_checkpoint(config.checkpoint.load)
     if resume:
@@ -282,6 +350,8 @@ def _train_record(run: Run, window: List[Dict[str, float]], device) -> Dict[str,
     return {
         "kind": "train", "iteration": last["iteration"], "train_iters": t.train_iters,
         "lm_loss": sum(m["lm_loss"] for m in window) / len(window),
+        **({"distill_loss": sum(m["distill_loss"] for m in window) / len(window)}
+           if "distill_loss" in last else {}),
         "reg_term": regulariser_term(run, state),
         "temperature": last["temperature"], "logit_scale": last["logit_scale"],
         "lr": last["lr"], "grad_norm": last["grad_norm"],

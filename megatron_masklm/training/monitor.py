@@ -67,8 +67,9 @@ def format_record(record: Dict[str, Any]) -> str:
         return (f" validation at iteration {record['iteration']} | loss {record['val_loss']:.4f}"
                 f" | PPL {record['val_ppl']:.3f} | mask groups changed "
                 f"{record['mask_change_fraction']:.4%} | exact N:M {record['exact_nm']}")
+    distill = f" | distill {record['distill_loss']:.5f}" if "distill_loss" in record else ""
     return (f" iteration {record['iteration']:8d}/{record['train_iters']} | lm loss "
-            f"{record['lm_loss']:.5f} | reg {record['reg_term']:.4e} | tau "
+            f"{record['lm_loss']:.5f}{distill} | reg {record['reg_term']:.4e} | tau "
             f"{record['temperature']:.4f} | kappa {record['logit_scale']:.1f} | lr "
             f"{record['lr']:.4e} | grad norm {record['grad_norm']:.4f} | tokens/s "
             f"{record['tokens_per_s']:.1f} | step {record['step_time_s'] * 1000:.1f} ms | peak mem "

@@ -1,0 +1,62 @@
+"""Distillation from the dense model: the vocab-parallel KL against a float64 reference and the
+option's checks (the TP / PP / resume behaviour is tests/dist/test_distillation.py's)."""
+import pytest
+import torch
+
+from distill_reference import reference_kl
+from megatron_masklm.training.distillation import vocab_parallel_kl
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_kl_and_its_gradient_equal_a_float64_reference_with_padding_left_out(temperature):
+    torch.manual_seed(0)
+    student = (3 * torch.randn(2, 5, 48)).requires_grad_()
+    teacher = 3 * torch.randn(2, 5, 48)
+    weights = torch.rand(2, 5)  # an upstream gradient that differs per token
+    kl = vocab_parallel_kl(student, teacher, temperature=temperature, vocab_size=40)
+    (kl * weights).sum().backward()
+
+    ref_student = student.detach().double().requires_grad_()
+    ref = reference_kl(ref_student, teacher, temperature, 40)
+    (ref * weights.double()).sum().backward()
+    assert kl.dtype == torch.float32 and kl.shape == (2, 5)
+    torch.testing.assert_close(kl.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(student.grad.double(), ref_student.grad, rtol=1e-4, atol=1e-7)
+    assert torch.count_nonzero(student.grad[..., 40:]) == 0  # padding gets no gradient
+    # padding columns must not count: other values there change nothing
+    shifted = student.detach().clone()
+    shifted[..., 40:] = 50.0
+    torch.testing.assert_close(vocab_parallel_kl(shifted, teacher, temperature=temperature,
+                                                 vocab_size=40), kl.detach())
+
+
+def test_equal_logits_give_zero_loss_and_zero_gradient():
+    logits = torch.randn(3, 7, 16)
+    student = logits.clone().requires_grad_()
+    kl = vocab_parallel_kl(student, logits, temperature=2.0)
+    kl.sum().backward()
+    assert torch.count_nonzero(kl) == 0
+    assert torch.count_nonzero(student.grad) == 0
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="differ in shape"):
+        vocab_parallel_kl(torch.zeros(2, 8), torch.zeros(2, 6))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        vocab_parallel_kl(torch.zeros(2, 8), torch.zeros(2, 8), temperature=0.0)
+
+
+def test_distill_options_are_checked():
+    from megatron_masklm.training.arguments import run_config_from_options
+
+    base = dict(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
+                vocab_size=64, mock_data=True, seq_length=16)
+    config = run_config_from_options(dict(base, distill_weight=1.0, distill_temperature=2.0))
+    assert config.distillation.enabled and config.distillation.distill_temperature == 2.0
+    assert not run_config_from_options(base).distillation.enabled
+    with pytest.raises(ValueError, match="distill_weight must be >= 0"):
+        run_config_from_options(dict(base, distill_weight=-1.0))
+    with pytest.raises(ValueError, match="distill_temperature must be > 0"):
+        run_config_from_options(dict(base, distill_weight=1.0, distill_temperature=0.0))
+    with pytest.raises(ValueError, match="needs frozen weights"):
+        run_config_from_options(dict(base, distill_weight=1.0, train_weights=True))
