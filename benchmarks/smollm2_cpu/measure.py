@@ -3,7 +3,9 @@
 * step time on the same batch, interleaved repeats: a mask-training step (masked forward and
   backward with Gumbel-softmax masks, plus AdamW on the logits) against the dense model's
   forward+backward with frozen weights (input gradients only), and against dense
-  forward+backward with weight gradients (the GEMMs a mask gradient needs too);
+  forward+backward with weight gradients (the GEMMs a mask gradient needs too); the masked
+  forward+backward with Megatron's unfused attention instead of torch's fused kernel (what
+  training used before), and with distillation (the dense teacher's forward plus the KL);
 * training-state bytes per masked weight, counted from the real tensors of the training
   builders' model, Megatron DDP buffers and distributed optimizer after one step.
 
@@ -35,15 +37,25 @@ def step_times(checkpoint: str, tokens: torch.Tensor, repeats: int) -> dict:
     from megatron_masklm.masking import MaskConfig, MaskState
     from megatron_masklm.training.checkpointing import load_dense_weights
 
+    from megatron.core import tensor_parallel
+
+    from megatron_masklm.training.distillation import vocab_parallel_kl
+
     shape = _shape(checkpoint)
     config = mcore.build_transformer_config(shape, use_cpu_initialization=True,
                                             perform_initialization=False)
-    masked = mcore.build_masked_gpt_model(shape, MaskConfig(n=2, m=4), config=config)
-    dense = mcore.build_dense_gpt_model(shape, config=config)
-    for model in (masked, dense):
+    # the attention training uses (torch's fused kernel), and Megatron's unfused one
+    masked = mcore.build_masked_gpt_model(shape, MaskConfig(n=2, m=4), config=config,
+                                          sdpa_attention=True)
+    unfused = mcore.build_masked_gpt_model(shape, MaskConfig(n=2, m=4), config=config)
+    dense = mcore.build_dense_gpt_model(shape, config=config, sdpa_attention=True)
+    for model in (masked, unfused, dense):
         load_dense_weights(checkpoint, model=model)
         model.train()
-    mcore.apply_mask_state(masked, MaskState(temperature=2.0, logit_scale=200.0, reg_weight=1e-5))
+    unfused.load_state_dict(masked.state_dict())  # the same logits
+    state = MaskState(temperature=2.0, logit_scale=200.0, reg_weight=1e-5)
+    for model in (masked, unfused):
+        mcore.apply_mask_state(model, state)
     logits = [p for p in masked.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(logits, lr=1e-3, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
     # frozen dense weights: gradients flow to the activations only, from the embedding output on
@@ -62,6 +74,19 @@ def step_times(checkpoint: str, tokens: torch.Tensor, repeats: int) -> dict:
         masked.zero_grad(set_to_none=True)
         loss(masked).backward()
 
+    def mask_fwd_bwd_unfused_attention():
+        unfused.zero_grad(set_to_none=True)
+        loss(unfused).backward()
+
+    def mask_fwd_bwd_distill():
+        masked.zero_grad(set_to_none=True)
+        with torch.no_grad(), mcore.masks_off(masked):
+            teacher = masked(tokens, positions, None)
+        student = masked(tokens, positions, None)
+        kl = vocab_parallel_kl(student, teacher, vocab_size=shape.vocab_size)
+        lm = tensor_parallel.vocab_parallel_cross_entropy(student.float(), tokens)
+        (lm.mean() + kl.mean()).backward()
+
     def dense_frozen():
         for p in dense.parameters():
             p.requires_grad_(False)
@@ -74,6 +99,8 @@ def step_times(checkpoint: str, tokens: torch.Tensor, repeats: int) -> dict:
         loss(dense).backward()
 
     variants = {"mask_training_step": mask_step, "mask_fwd_bwd": mask_fwd_bwd,
+                "mask_fwd_bwd_unfused_attention": mask_fwd_bwd_unfused_attention,
+                "mask_fwd_bwd_distill": mask_fwd_bwd_distill,
                 "dense_frozen_fwd_bwd": dense_frozen, "dense_weight_grads_fwd_bwd": dense_weight_grads}
     times = {name: [] for name in variants}
     for round_ in range(repeats + 1):
@@ -153,6 +180,8 @@ def main() -> None:
               "ratio_step_vs_frozen": times["mask_training_step"] / frozen,
               "ratio_fwd_bwd_vs_frozen": times["mask_fwd_bwd"] / frozen,
               "ratio_fwd_bwd_vs_weight_grads": times["mask_fwd_bwd"] / times["dense_weight_grads_fwd_bwd"],
+              "ratio_unfused_vs_fused_attention": times["mask_fwd_bwd_unfused_attention"] / times["mask_fwd_bwd"],
+              "ratio_distill_vs_lm_only": times["mask_fwd_bwd_distill"] / times["mask_fwd_bwd"],
               **counted}
     for name, value in times.items():
         print(f"{name:<28} {value:.3f} s (median of {args.repeats})")
