@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 
 def _group_size(group) -> int:
@@ -32,7 +33,10 @@ def _all_reduce(tensor: torch.Tensor, op, group) -> torch.Tensor:
 
 
 def _log_softmax(scores: torch.Tensor, group) -> torch.Tensor:
-    """log softmax over the last dim spread over ``group``'s ranks, in place on ``scores``."""
+    """log softmax over the last dim spread over ``group``'s ranks (in place on ``scores``
+    when the vocabulary is split; torch's fused kernel when one rank holds all of it)."""
+    if _group_size(group) == 1:
+        return torch.log_softmax(scores, dim=-1)
     if scores.shape[-1]:
         local_max = scores.amax(-1)
     else:  # this rank holds only padding columns
@@ -46,24 +50,25 @@ def _log_softmax(scores: torch.Tensor, group) -> torch.Tensor:
 class _VocabParallelKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, temperature, valid_columns, group):
-        local = student.shape[-1]
         log_student = _log_softmax(student[..., :valid_columns].float() / temperature, group)
         log_teacher = _log_softmax(teacher[..., :valid_columns].float() / temperature, group)
-        p_teacher = log_teacher.exp()
-        kl = (p_teacher * (log_teacher - log_student)).sum(-1)
+        # exp(t) (t - s) summed, one fused elementwise pass
+        kl = F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(-1)
         kl = _all_reduce(kl, dist.ReduceOp.SUM, group) * temperature ** 2
-        p_student = log_student.exp_()  # log_teacher and log_student are not needed again
-        ctx.save_for_backward(p_student, p_teacher)
-        ctx.temperature, ctx.local, ctx.dtype = temperature, local, student.dtype
+        ctx.save_for_backward(log_student, log_teacher)
+        ctx.temperature, ctx.local, ctx.dtype = temperature, student.shape[-1], student.dtype
         return kl
 
     @staticmethod
     def backward(ctx, grad_kl):
-        p_student, p_teacher = ctx.saved_tensors
-        grad = torch.zeros(*p_student.shape[:-1], ctx.local, dtype=torch.float32,
-                           device=p_student.device)
-        valid = p_student.shape[-1]
-        grad[..., :valid] = (p_student - p_teacher).mul_(grad_kl.float().unsqueeze(-1) * ctx.temperature)
+        log_student, log_teacher = ctx.saved_tensors
+        valid = log_student.shape[-1]
+        diff = log_student.exp().sub_(log_teacher.exp())  # p_student - p_teacher
+        diff.mul_(grad_kl.float().unsqueeze(-1) * ctx.temperature)
+        if valid == ctx.local:
+            return diff.to(ctx.dtype), None, None, None, None
+        grad = diff.new_zeros(*diff.shape[:-1], ctx.local)
+        grad[..., :valid] = diff
         return grad.to(ctx.dtype), None, None, None, None
 
 
