@@ -23,7 +23,7 @@ def bench():
 def _args(tmp_path, **overrides):
     values = dict(workdir=str(tmp_path), preset="quick", tp=1, threads=2, train_iters=None,
                   lr=None, min_lr=None, calib_samples=None, eval_windows=None,
-                  skip_measure=False, fresh=False, stop_after=None)
+                  skip_measure=False, fresh=False, stop_after=None, ablate_distill=False)
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -37,6 +37,30 @@ def test_presets_and_overrides(bench, tmp_path):
     assert full["micro_batch_size"] * full["seq_length"] == 4 * 512
     for sub in ("steps", "logs", "oneshot", "eval"):
         assert os.path.isdir(tmp_path / sub)
+
+
+def test_training_command_carries_the_recipe_and_the_ablation_drops_only_distillation(
+        bench, tmp_path, monkeypatch):
+    pipe = bench.Pipeline(_args(tmp_path))
+    pipe.settings.update(train_args=["--hard-sampling"], distill_weight=2.0, distill_temperature=1.5)
+    commands = {}
+
+    def fake_run(name, cmd):
+        commands[name] = cmd
+        raise SystemExit(0)  # stop before the run's log is read
+
+    monkeypatch.setattr(pipe, "run", fake_run)
+    for variant in ("maskllm", "lm_only"):
+        with pytest.raises(SystemExit):
+            pipe.train(variant)
+    distilled, plain = commands["train_maskllm"], commands["train_lm_only"]
+    assert distilled[distilled.index("--distill-weight") + 1] == "2.0"
+    assert plain[plain.index("--distill-weight") + 1] == "0"
+    assert "--hard-sampling" in distilled and "--hard-sampling" in plain
+    assert plain[plain.index("--save") + 1] == str(tmp_path / "lm_only")
+    rest = lambda cmd: [c for c in cmd if c not in ("2.0", "0") and "maskllm" not in c  # noqa: E731
+                        and "lm_only" not in c]
+    assert rest(distilled) == rest(plain)  # same recipe, data and tokens otherwise
 
 
 def test_tool_command_lines(bench, tmp_path):
@@ -82,7 +106,9 @@ def test_plot_writes_a_png(bench, tmp_path):
     records = [{"kind": "eval", "tokens": t, "val_ppl": p}
                for t, p in ((1000, 90.0), (2000, 60.0))] + [{"kind": "train", "tokens": 500}]
     path = str(tmp_path / "val.png")
-    bench.plot(records, ROWS, path, "test")
+    plain = dict(ROWS[2], method="MaskLLM, LM loss only", ppl=45.0)
+    curves = {"MaskLLM (learned)": records, "MaskLLM, LM loss only": records}
+    bench.plot(curves, ROWS + [plain], path, "test")
     with open(path, "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(tmp_path) == ["val.png"]
