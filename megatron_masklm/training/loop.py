@@ -139,15 +139,15 @@ def _run_batches(run: Run, batches, *, forward_only: bool) -> Dict[str, float]:
     """Forward (+backward) over micro-batches; the DP-mean losses ("lm loss", and "distill
     loss" when distilling), known on every rank. Validation (``forward_only``) is LM loss only."""
     t, distill = run.config.training, run.config.distillation
-    step = _forward_step
-    if distill.enabled and not forward_only:
+    step, distilling = _forward_step, distill.enabled and not forward_only
+    if distilling:
         _teacher_pass(run, batches)
         step = functools.partial(_distill_forward_step, distill=distill, vocab_size=run.vocab_size)
     losses = get_forward_backward_func()(
         forward_step_func=step, data_iterator=iter(batches), model=[run.ddp],
         num_microbatches=len(batches), seq_length=t.seq_length,
         micro_batch_size=t.micro_batch_size, forward_only=forward_only)
-    keys = ["lm loss"] + (["distill loss"] if step is not _forward_step else [])
+    keys = ["lm loss"] + (["distill loss"] if distilling else [])
     device = next(run.gpt.parameters()).device
     values = torch.zeros(len(keys), dtype=torch.float64, device=device)
     if parallel_state.is_pipeline_last_stage():
