@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .safe_pickle import TRUST_HELP
+
 
 @dataclass(frozen=True)
 class Window:
@@ -126,7 +128,9 @@ def hf_logits_fn(hf_dir: str, *, masks: Optional[str] = None, pattern: Optional[
 
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
         raise ValueError(f"--hf-dir {hf_dir!r} is not a HF model directory (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype)
+    from .convert.sources import guarded_read
+
+    model = guarded_read(hf_dir, lambda: AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype))
     model.eval()
     if masks:
         _apply_hf_masks(model, masks, pattern)
@@ -162,7 +166,7 @@ def _apply_hf_masks(model, masks_path: str, pattern: Optional[str] = None) -> No
             weight.masked_fill_(~keep.to(weight.device), 0)
 
 
-def megatron_logits_fn(path: str, *, dtype: Optional[torch.dtype] = None):
+def megatron_logits_fn(path: str, *, dtype: Optional[torch.dtype] = None, trust: bool = False):
     """``(logits_fn, tokenizer_dir, info)`` of a Megatron checkpoint at TP = world size; every
     rank calls ``logits_fn`` on the same tokens and gets the whole vocabulary's logits."""
     from megatron.core import parallel_state
@@ -173,7 +177,7 @@ def megatron_logits_fn(path: str, *, dtype: Optional[torch.dtype] = None):
 
     root, directory = resolve_checkpoint(path)
     shape, pattern, hf_config, tokenizer_dir = checkpoint_sources(root, directory)
-    model = load_model(directory, shape, pattern, dtype=dtype, sdpa_attention=True)
+    model = load_model(directory, shape, pattern, dtype=dtype, sdpa_attention=True, trust=trust)
     model.eval()
     exact = all(mcore.check_nm(model).values())
     group = parallel_state.get_tensor_model_parallel_group()
@@ -200,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model (one of)")
     model.add_argument("--load", help="Megatron checkpoint: a training run, a converted or pruned "
                                       "checkpoint, or a dist checkpoint directory")
+    model.add_argument("--trust-checkpoint", action="store_true", help=f"with --load: {TRUST_HELP}")
     model.add_argument("--hf-dir", help="HF causal LM directory (one process)")
     model.add_argument("--masks", help="with --hf-dir: mask file under HF names (npz or compact) "
                                        "applied to the weights first")
@@ -277,7 +282,8 @@ def evaluate(args) -> Dict[str, Any]:
         mcore.initialize_distributed(tensor_model_parallel_size=world, pipeline_model_parallel_size=1)
     try:
         if args.load:
-            logits_fn, tokenizer_dir, info = megatron_logits_fn(args.load, dtype=dtype)
+            logits_fn, tokenizer_dir, info = megatron_logits_fn(args.load, dtype=dtype,
+                                                                 trust=args.trust_checkpoint)
         else:
             logits_fn, tokenizer_dir, info = hf_logits_fn(
                 args.hf_dir, masks=args.masks, pattern=args.pattern, dtype=dtype or torch.float32)

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from .oneshot import METHODS, PruneConfig
+from .safe_pickle import TRUST_HELP
 
 PRUNING_RECORD = "oneshot_pruning.json"
 """What a pruned checkpoint written here was made with (method, N:M, calibration, update)."""
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "directory, or a dist checkpoint directory")
     source.add_argument("--hf-checkpoint", help="HF directory or .gguf file (one process; it is "
                                                 "converted to Megatron at TP=1 in a temp dir)")
+    parser.add_argument("--trust-checkpoint", action="store_true", help=f"with --load: {TRUST_HELP}")
     method = parser.add_argument_group("method")
     method.add_argument("--method", required=True, choices=METHODS)
     method.add_argument("--pattern", default="2:4", help="N:M, N kept of every M consecutive inputs")
@@ -118,21 +120,20 @@ def _calibration(args, tokenizer_dir: Optional[str], vocab_size: int) -> Optiona
                         num_samples=args.calib_samples)
 
 
-def _build_and_load(shape, directory: str):
+def _build_and_load(shape, directory: str, *, trust: bool = False):
     """Dense GPTModel at TP = world size, fp32 (pruning maths and the layer passes in fp32),
-    loaded strictly from ``directory``."""
-    from megatron.core import dist_checkpointing
-
+    loaded strictly from ``directory`` (no code from its files runs unless ``trust``)."""
     from . import mcore
+    from .mcore import safe_load
     from .training.checkpointing import load_dense_weights
 
-    metadata = dist_checkpointing.load_tensors_metadata(directory)
+    metadata = safe_load.load_tensors_metadata(directory, trust=trust)
     source_dtype = metadata["embedding.word_embeddings.weight"].dtype
     config = mcore.build_transformer_config(
         shape, tensor_model_parallel_size=torch.distributed.get_world_size(),
         params_dtype=torch.float32, use_cpu_initialization=True, perform_initialization=False)
     model = mcore.build_dense_gpt_model(shape, config=config, sdpa_attention=True)
-    load_dense_weights(directory, model=model)
+    load_dense_weights(directory, model=model, trust=trust)
     return model, source_dtype
 
 
@@ -212,7 +213,7 @@ def prune_checkpoint(args) -> Dict[str, Any]:
         world = int(os.environ.get("WORLD_SIZE", "1")) if owned else torch.distributed.get_world_size()
         mcore.initialize_distributed(tensor_model_parallel_size=world, pipeline_model_parallel_size=1)
         try:
-            model, source_dtype = _build_and_load(shape, directory)
+            model, source_dtype = _build_and_load(shape, directory, trust=args.trust_checkpoint)
             loaded = time.perf_counter()
             masks = mcore.prune_model(model, config, calibration, progress=not args.no_progress)
             pruned = time.perf_counter()
@@ -228,7 +229,8 @@ def prune_checkpoint(args) -> Dict[str, Any]:
                     save_masks_npz(args.hf_masks, to_hf_tensors(masks, shape, hf_vocab_size=hf_vocab,
                                                                 masked_only=True))
             if (args.save or args.save_hf) and args.method == "sparsegpt" and not args.update_weights:
-                load_dense_weights(directory, model=model)  # the originals, then the masks
+                load_dense_weights(directory, model=model,  # the originals, then the masks
+                                   trust=args.trust_checkpoint)
                 mcore.apply_global_masks(model, masks)
             if args.hf_checkpoint:
                 source_dtype = _config_dtype(hf_config) or source_dtype

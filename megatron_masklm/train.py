@@ -14,6 +14,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .mcore import destroy_distributed, initialize_distributed
     from .training.arguments import run_config_from_args
     from .training.loop import train
+    from .training.run_lock import exit_with_launcher
+
+    exit_with_launcher()  # under torchrun: no rank outlives a killed launcher
 
     try:
         config = run_config_from_args(argv)
@@ -21,12 +24,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     p = config.parallel
-    initialize_distributed(
-        tensor_model_parallel_size=p.tensor_model_parallel_size,
-        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
-        seed=config.training.seed, timeout_minutes=p.distributed_timeout_minutes,
-        cuda_to_cpu_mode=True)  # only acts without CUDA: Megatron's optimizer hard-codes it
-    try:
+    try:  # a world size the TP x PP split does not divide is a user error too
+        initialize_distributed(
+            tensor_model_parallel_size=p.tensor_model_parallel_size,
+            pipeline_model_parallel_size=p.pipeline_model_parallel_size,
+            seed=config.training.seed, timeout_minutes=p.distributed_timeout_minutes,
+            cuda_to_cpu_mode=True)  # only acts without CUDA: Megatron's optimizer hard-codes it
         train(config)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -7,6 +7,8 @@ directory (safetensors + config.json + tokenizer) that AutoModelForCausalLM load
 import argparse
 import sys
 
+from megatron_masklm.safe_pickle import TRUST_HELP
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -19,6 +21,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="weight dtype (default: the checkpoint's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-dir")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help=TRUST_HELP)
     args = parser.parse_args(argv)
     import torch
 
@@ -27,7 +31,7 @@ def main(argv=None) -> int:
     try:
         out = convert_megatron_to_hf(args.load_dir, args.save_dir, apply_masks=args.apply_masks,
                                      dtype=getattr(torch, args.dtype) if args.dtype else None,
-                                     overwrite=args.overwrite)
+                                     overwrite=args.overwrite, trust=args.trust_checkpoint)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -31,11 +31,12 @@ def main() -> None:
 
     import torch
     import torch.distributed as dist
-    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core import parallel_state
 
     from megatron_masklm.mcore import (
         ModelShape, build_dense_gpt_model, build_transformer_config, destroy_distributed,
         initialize_distributed)
+    from megatron_masklm.mcore import safe_load
 
     initialize_distributed(tensor_model_parallel_size=args.tp)
     if dist.get_world_size() != args.tp:
@@ -48,7 +49,7 @@ def main() -> None:
     start = time.perf_counter()
     model = build_dense_gpt_model(
         shape, config=build_transformer_config(shape, tensor_model_parallel_size=args.tp))
-    state = dist_checkpointing.load(model.sharded_state_dict(), os.path.join(args.load_dir, "release"))
+    state = safe_load.load(model.sharded_state_dict(), os.path.join(args.load_dir, "release"))
     model.load_state_dict(state, strict=True)
     model.eval()
     load_s = time.perf_counter() - start

@@ -1,5 +1,6 @@
 """Final keep-masks of a Megatron checkpoint, written under HF parameter names; and whole-model
 mask files (either naming, either format) read back under global Megatron names."""
+import os
 import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -20,15 +21,20 @@ _NAMING_HINT = ("global Megatron names (decoder.layers.<i>.mlp.linear_fc1.weight
                 "(model.layers.<i>.mlp.gate_proj.weight)")
 
 
-def export_masks(checkpoint: str, path: str, *, fmt: str = "npz") -> Dict[str, torch.Tensor]:
+def export_masks(checkpoint: str, path: str, *, fmt: str = "npz", overwrite: bool = False,
+                 trust: bool = False) -> Dict[str, torch.Tensor]:
     """Write the argmax masks of ``checkpoint`` (read at TP=1 from any TP/PP) to ``path``.
 
     ``npz``: the released per-parameter packed-bit format (SPEC section 5); ``compact``: one
-    candidate index per group (megatron_masklm.masking.compact). Returns the masks.
+    candidate index per group (megatron_masklm.masking.compact). Returns the masks. An existing
+    ``path`` is replaced only with ``overwrite``; ``trust``: see ``load_megatron_checkpoint``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"mask format {fmt!r} is not one of {FORMATS}")
-    loaded = load_megatron_checkpoint(checkpoint)
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(f"--output {path!r} already exists: pass --overwrite to replace it, or "
+                         "choose another path")
+    loaded = load_megatron_checkpoint(checkpoint, trust=trust)
     if not loaded.masks:
         raise ValueError(f"{checkpoint!r} has no mask logits: it is a dense checkpoint")
     if fmt == "npz":

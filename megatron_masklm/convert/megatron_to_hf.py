@@ -68,15 +68,17 @@ def checkpoint_sources(root: str, directory: str):
     return ModelShape(**shape), (meta or {}).get("pattern"), hf_config, tokenizer
 
 
-def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None) -> LoadedCheckpoint:
-    """Read a checkpoint at TP=1 (resharding from whatever it was saved at), strictly."""
+def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None,
+                             trust: bool = False) -> LoadedCheckpoint:
+    """Read a checkpoint at TP=1 (resharding from whatever it was saved at), strictly; no code
+    from its files runs unless ``trust`` (``mcore.safe_load``)."""
     root, directory = resolve_checkpoint(path)
     shape, pattern, hf_config, tokenizer = checkpoint_sources(root, directory)
     hf_vocab = (hf_config or {}).get("vocab_size", shape.vocab_size)
     with megatron_world_of_one() as (mcore, _):
         # the local spec: its parameter names are the ones the HF name map knows (TE fuses
         # the norms into the next linear)
-        model = load_model(directory, shape, pattern, dtype=dtype, use_te=False)
+        model = load_model(directory, shape, pattern, dtype=dtype, use_te=False, trust=trust)
         weight_dtype = model.embedding.word_embeddings.weight.dtype
         params = {name: p.detach() for name, p in model.named_parameters()}
         layer_masks = {f"{name}.weight": layer.hard_mask()
@@ -91,20 +93,22 @@ def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None) 
 
 def load_model(directory: str, shape: ModelShape, pattern: Optional[str], *,
                dtype: Optional[torch.dtype] = None, sdpa_attention: bool = False,
-               use_te: Optional[bool] = None):
+               use_te: Optional[bool] = None, trust: bool = False):
     """The GPTModel a dist checkpoint holds, at the current TP size, loaded strictly.
 
     A checkpoint with mask logits (``pattern`` N:M) gives a masked model, one without a dense
     one; every tensor of the model must be in the checkpoint. ``dtype`` defaults to the
     checkpoint's; ``sdpa_attention`` uses torch's fused causal attention (inference only);
     ``use_te`` picks Transformer Engine layers (None: where TE imports and a GPU is present).
-    Needs Megatron's parallel state (``mcore.initialize_distributed``).
+    Needs Megatron's parallel state (``mcore.initialize_distributed``). No code from the files
+    runs unless ``trust`` (``mcore.safe_load``).
     """
-    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core import parallel_state
 
     from .. import mcore
+    from ..mcore import safe_load
 
-    present = dist_checkpointing.load_tensors_metadata(directory)
+    present = safe_load.load_tensors_metadata(directory, trust=trust)
     weight_dtype = dtype or present["embedding.word_embeddings.weight"].dtype
     config = mcore.build_transformer_config(
         shape, params_dtype=weight_dtype, use_cpu_initialization=True,
@@ -125,7 +129,7 @@ def load_model(directory: str, shape: ModelShape, pattern: Optional[str], *,
     missing = sorted(mcore.compat.sharded_tensor_keys(state) - set(present))
     if missing:
         raise ValueError(f"{directory!r} does not match model_shape.json: missing {missing[:3]}")
-    loaded = dist_checkpointing.load(state, directory)  # also returns the common state
+    loaded = safe_load.load(state, directory, trust=trust)  # also returns the common state
     mcore.load_model_tensors(model, {key: loaded[key] for key in state})
     return model
 
@@ -146,13 +150,14 @@ def to_hf_tensors(tensors: Dict[str, torch.Tensor], shape: ModelShape, *, hf_voc
 
 def convert_megatron_to_hf(checkpoint: str, output: str, *, apply_masks: bool = False,
                            dtype: Optional[torch.dtype] = None, overwrite: bool = False,
-                           max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
+                           max_shard_bytes: int = MAX_SHARD_BYTES, trust: bool = False) -> str:
     """Write ``output``: safetensors + config.json + tokenizer, loadable by AutoModelForCausalLM.
 
     With ``apply_masks`` the masked weights are multiplied by the argmax masks (dense tensors
-    with exact N:M zeros); the checkpoint must then hold mask logits.
+    with exact N:M zeros); the checkpoint must then hold mask logits. ``trust``: see
+    ``load_megatron_checkpoint``.
     """
-    loaded = load_megatron_checkpoint(checkpoint, dtype=dtype)
+    loaded = load_megatron_checkpoint(checkpoint, dtype=dtype, trust=trust)
     if apply_masks and not loaded.masks:
         raise ValueError(f"{checkpoint!r} has no mask logits: nothing to apply (drop --apply-masks)")
     tensors = dict(loaded.tensors)

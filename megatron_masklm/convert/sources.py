@@ -43,7 +43,7 @@ class HFCheckpoint:
             from safetensors import safe_open
 
             for file in files:
-                handle = _guard(file, lambda f=file: safe_open(f, framework="pt"))
+                handle = guarded_read(file, lambda f=file: safe_open(f, framework="pt"))
                 self._open[file] = handle
                 for name in handle.keys():
                     self._files[name] = file
@@ -52,7 +52,7 @@ class HFCheckpoint:
         if not files:
             raise ValueError(f"no *.safetensors or pytorch_model*.bin weights in {path!r}")
         for file in files:
-            state = _guard(file, lambda f=file: torch.load(f, map_location="cpu",
+            state = guarded_read(file, lambda f=file: torch.load(f, map_location="cpu",
                                                            weights_only=True, mmap=True))
             self._open[file] = state
             for name in state:
@@ -64,7 +64,7 @@ class HFCheckpoint:
         except ImportError:
             raise ValueError("GGUF input needs transformers and gguf: pip install -e .[hf]") from None
         directory, name = os.path.split(os.path.abspath(path))
-        model = _guard(path, lambda: AutoModelForCausalLM.from_pretrained(
+        model = guarded_read(path, lambda: AutoModelForCausalLM.from_pretrained(
             directory, gguf_file=name, dtype=torch.float32))
         self.config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
         self.config["architectures"] = self.config.get("architectures") or [type(model).__name__]
@@ -88,7 +88,7 @@ class HFCheckpoint:
         handle = self._open[file]
         if isinstance(handle, dict):
             return handle[name]
-        return _guard(file, lambda: handle.get_tensor(name))
+        return guarded_read(file, lambda: handle.get_tensor(name))
 
     def save_tokenizer(self, directory: str) -> List[str]:
         """Copy (or, for GGUF, write) the tokenizer files into ``directory``."""
@@ -105,7 +105,9 @@ class HFCheckpoint:
         return copied
 
 
-def _guard(file: str, load):
+def guarded_read(file: str, load):
+    """``load()``, with any reader's error (safetensors, torch.load, gguf, transformers) turned
+    into a ValueError naming ``file``."""
     try:
         return load()
     except ValueError:

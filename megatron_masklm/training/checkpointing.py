@@ -14,7 +14,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from ..mcore import compat
+from ..mcore import compat, safe_load
 from ..mcore.model import ModelShape, load_model_tensors, without_te_extra_state
 from .arguments import MODEL_SHAPE_FILE
 from .config import RunConfig
@@ -42,6 +42,9 @@ class TrainState:
 
     iteration: int = 0
     consumed_train_samples: int = 0
+    mask_reference: Optional[Dict[str, torch.Tensor]] = field(default=None, repr=False)
+    """This rank's argmax mask choices at the last validation: what ``mask_change_fraction``
+    is measured against. Saved per (PP, TP) rank, so it resumes at the same split."""
 
 
 def iteration_dir(run_dir: str, iteration: int) -> str:
@@ -84,9 +87,11 @@ def _fsync_dir(path: str) -> None:
 
 def _rng_object() -> ShardedObject:
     """This rank's RNG states, one object per (PP, TP, DP) rank."""
-    state = {
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {  # tensors and plain values only: it loads through torch's weights-only unpickler
         "random": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss),
+                  float(cached_gaussian)),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
@@ -107,9 +112,19 @@ def _topology():
     )
 
 
+def _mask_reference_object(choices: Optional[Dict[str, torch.Tensor]]) -> ShardedObject:
+    """One object per (PP, TP) rank; the data-parallel replicas hold the same choices."""
+    (pp, pp_rank), (tp, tp_rank), (_, dp_rank) = _topology()
+    return ShardedObject("mask_reference", choices, (pp, tp), (pp_rank, tp_rank),
+                         replica_id=dp_rank)
+
+
 def _restore_rng(state: Dict[str, Any]) -> None:
     random.setstate(state["random"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    keys = keys.numpy() if torch.is_tensor(keys) else keys  # an ndarray in older checkpoints
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss,
+                         cached_gaussian))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -137,6 +152,8 @@ def save_checkpoint(run_dir: str, train_state: TrainState, *, model, optimizer, 
         "optimizer": optimizer.sharded_state_dict(model_state, metadata=dict(CKPT_METADATA)),
         "rng_state": _rng_object(),
     }
+    if train_state.mask_reference is not None:
+        state["mask_reference"] = _mask_reference_object(train_state.mask_reference)
     _write_shards(state, partial)
     dist.barrier()
     if dist.get_rank() == 0:
@@ -146,6 +163,7 @@ def save_checkpoint(run_dir: str, train_state: TrainState, *, model, optimizer, 
             "consumed_train_samples": train_state.consumed_train_samples,
             "pattern": run_config.mask.pattern,
             "topology": [size for size, _ in _topology()],
+            "mask_reference": train_state.mask_reference is not None,
             "scheduler": scheduler.state_dict(),
             "run_config": run_config.to_dict(),
         }
@@ -200,9 +218,10 @@ def _check_compatible(meta: Dict[str, Any], run_config: RunConfig, directory: st
                          + ", ".join(f"{k} saved {a} vs now {b}" for k, (a, b) in diff.items()))
 
 
-def _check_tensors_present(state: Dict[str, Any], directory: str, *, what: str) -> None:
+def _check_tensors_present(state: Dict[str, Any], directory: str, *, what: str,
+                           trust: bool = False) -> None:
     """Every ShardedTensor the model asks for must be in the checkpoint (else a clear error)."""
-    present = set(dist_checkpointing.load_tensors_metadata(directory))
+    present = set(safe_load.load_tensors_metadata(directory, trust=trust))
     missing = sorted(compat.sharded_tensor_keys(state) - present)
     if missing:
         logits = [key for key in missing if key.endswith(LOGITS_SUFFIX)]
@@ -212,27 +231,33 @@ def _check_tensors_present(state: Dict[str, Any], directory: str, *, what: str) 
         raise ValueError(f"{what} {directory!r} does not match this model: {detail}")
 
 
-def load_checkpoint(directory: str, *, model, optimizer, scheduler,
-                    run_config: RunConfig) -> TrainState:
-    """Resume from a checkpoint this package saved, at any TP/PP size (RNG only at the same one)."""
+def load_checkpoint(directory: str, *, model, optimizer, scheduler, run_config: RunConfig,
+                    trust: bool = False) -> TrainState:
+    """Resume from a checkpoint this package saved, at any TP/PP size (RNG only at the same one).
+
+    No code from the files runs unless ``trust`` (``mcore.safe_load``)."""
     meta = read_checkpoint_meta(directory)
     _check_compatible(meta, run_config, directory)
     model_state = without_te_extra_state(model.sharded_state_dict(metadata=dict(CKPT_METADATA)))
-    _check_tensors_present(model_state, directory, what="checkpoint")
+    _check_tensors_present(model_state, directory, what="checkpoint", trust=trust)
     compat.materialize_optimizer_state(optimizer)
     state = {"model": model_state, "optimizer": optimizer.sharded_state_dict(
         model_state, is_loading=True, metadata=dict(CKPT_METADATA))}
     same_topology = meta["topology"] == [size for size, _ in _topology()]
     if same_topology:
         state["rng_state"] = _rng_object()
-    loaded = dist_checkpointing.load(state, directory)
+    same_split = meta["topology"][:2] == [size for size, _ in _topology()][:2]
+    if meta.get("mask_reference") and same_split:
+        state["mask_reference"] = _mask_reference_object(None)
+    loaded = safe_load.load(state, directory, trust=trust)
     load_model_tensors(model, loaded["model"])
     compat.load_optimizer_state_dict(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
     if same_topology:
         _restore_rng(loaded["rng_state"])
     return TrainState(iteration=meta["iteration"],
-                      consumed_train_samples=meta["consumed_train_samples"])
+                      consumed_train_samples=meta["consumed_train_samples"],
+                      mask_reference=loaded.get("mask_reference"))
 
 
 def resolve_dense_checkpoint(path: str) -> str:
@@ -246,11 +271,12 @@ def resolve_dense_checkpoint(path: str) -> str:
                      f"(no metadata.json) nor a run directory with {POINTER_FILE}")
 
 
-def load_dense_weights(path: str, *, model) -> None:
-    """Load every weight of ``model`` except the mask logits from a dense dist checkpoint."""
+def load_dense_weights(path: str, *, model, trust: bool = False) -> None:
+    """Load every weight of ``model`` except the mask logits from a dense dist checkpoint (no
+    code from its files runs unless ``trust``)."""
     directory = resolve_dense_checkpoint(path)
     state = {key: value for key, value in without_te_extra_state(model.sharded_state_dict()).items()
              if not key.endswith(LOGITS_SUFFIX)}
-    _check_tensors_present(state, directory, what="pretrained checkpoint")
-    loaded = dist_checkpointing.load(state, directory)  # also returns the common state
+    _check_tensors_present(state, directory, what="pretrained checkpoint", trust=trust)
+    loaded = safe_load.load(state, directory, trust=trust)  # also returns the common state
     load_model_tensors(model, {key: loaded[key] for key in state}, may_lack=(LOGITS_SUFFIX,))

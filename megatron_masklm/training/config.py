@@ -173,6 +173,9 @@ class CheckpointConfig:
     prior_mask: Optional[str] = None
     """Mask file that shifts the initial logits (SPEC prior): a one-shot mask or one a run learned
     (tools/prune_oneshot.py or tools/export_masks.py output), npz or compact, Megatron or HF names."""
+    trust_checkpoint: bool = False
+    """Open --load and --pretrained-checkpoint even when their files hold pickled objects beyond
+    tensors and checkpoint metadata (which could run code): only for checkpoints you created."""
 
     def __post_init__(self):
         if self.save_interval is not None:

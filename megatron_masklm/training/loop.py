@@ -25,6 +25,7 @@ from .checkpointing import TrainState
 from .config import DistillConfig, RunConfig
 from .distillation import vocab_parallel_kl
 from .monitor import MetricsLogger, peak_memory_bytes, perplexity
+from .run_lock import holding_run_dir
 
 
 @dataclass
@@ -39,7 +40,6 @@ class Run:
     train_data: object
     valid_data: Optional[object]
     state: TrainState = field(default_factory=TrainState)
-    mask_choices: Dict[str, torch.Tensor] = field(default_factory=dict)
     vocab_size: Optional[int] = None
     """The tokenizer's vocabulary (the model's rows past it are padding)."""
 
@@ -244,13 +244,14 @@ def evaluate(run: Run) -> Dict[str, float]:
             losses.append(_run_batches(run, batches, forward_only=True)["lm loss"])
     run.ddp.train()
     choices = mask_choices(run)
-    changed = sum(int((choices[k] != run.mask_choices[k]).sum()) for k in choices)
+    reference = run.state.mask_reference
+    changed = sum(int((choices[k] != reference[k]).sum()) for k in choices)
     groups = sum(c.numel() for c in choices.values())
     exact = sum(check_nm(run.gpt).values())
     device = next(run.gpt.parameters()).device
     changed, groups, exact, layers = _model_parallel_sum(
         [changed, groups, exact, len(choices)], device)
-    run.mask_choices = choices
+    run.state.mask_reference = choices
     val_loss = sum(losses) / len(losses)
     return {"val_loss": val_loss, "val_ppl": perplexity(val_loss),
             "mask_change_fraction": changed / max(groups, 1), "exact_nm": exact == layers}
@@ -260,7 +261,8 @@ def _initialise_masks(run: Run) -> None:
     """A fresh run: dense weights from the pretrained checkpoint, then the optional prior."""
     ckpt, mask = run.config.checkpoint, run.config.mask
     if ckpt.pretrained_checkpoint:
-        checkpointing.load_dense_weights(ckpt.pretrained_checkpoint, model=run.gpt)
+        checkpointing.load_dense_weights(ckpt.pretrained_checkpoint, model=run.gpt,
+                                         trust=ckpt.trust_checkpoint)
     if ckpt.prior_mask:
         priors = load_global_masks(ckpt.prior_mask, run.gpt, shape=run.config.model)
         apply_prior_masks(run.gpt, priors, strength=mask.prior_strength)
@@ -291,10 +293,12 @@ def setup_run(config: RunConfig) -> Run:
     resume = checkpointing.latest_checkpoint(config.checkpoint.load)
     if resume:
         run.state = checkpointing.load_checkpoint(resume, model=gpt, optimizer=optimizer,
-                                                  scheduler=scheduler, run_config=config)
+                                                  scheduler=scheduler, run_config=config,
+                                                  trust=config.checkpoint.trust_checkpoint)
     else:
         _initialise_masks(run)
-    run.mask_choices = mask_choices(run)
+    if run.state.mask_reference is None:  # a fresh run, or resumed at another TP/PP split
+        run.state.mask_reference = mask_choices(run)
     return run
 
 
@@ -303,7 +307,13 @@ def _is_logging_rank() -> bool:
 
 
 def train(config: RunConfig) -> List[Dict[str, float]]:
-    """Train until train_iters (or exit_interval); return every iteration's metrics."""
+    """Train until train_iters (or exit_interval); return every iteration's metrics. The save
+    directory is locked for the run's length (``run_lock``): one job per run directory."""
+    with holding_run_dir(config.checkpoint.save):
+        return _train(config)
+
+
+def _train(config: RunConfig) -> List[Dict[str, float]]:
     run = setup_run(config)
     t, log_cfg, ckpt = config.training, config.logging, config.checkpoint
     log_dir = log_cfg.log_dir or (f"{ckpt.save}/logs" if ckpt.save else None)

@@ -73,23 +73,38 @@ def test_tp2_run_learns_and_logs(tmp_path):
 
 # --- stop and resume: exactly the losses of an uninterrupted run (fp32) ---
 
-def _stop_and_resume(*, rank, init_method, prefix, run_dir):
+def _stop_and_resume(*, rank, init_method, prefix, run_dir, log_dir):
     from megatron_masklm.training.loop import train
 
     _init(init_method, tp=2)
-    common = dict(tensor_model_parallel_size=2, train_iters=8, eval_interval=4)
-    uninterrupted = train(run_config(prefix, **common))
+    common = dict(tensor_model_parallel_size=2, train_iters=8, eval_interval=2)
+    uninterrupted = train(run_config(prefix, log_dir=log_dir, **common))
     first = train(run_config(prefix, save=run_dir, exit_interval=3, **common))
     second = train(run_config(prefix, load=run_dir, save=run_dir, **common))
     return _losses(uninterrupted), _losses(first), _losses(second), [m["iteration"] for m in second]
 
 
+def _eval_records(log_dir):
+    with open(os.path.join(log_dir, "train_log.jsonl")) as handle:
+        records = [json.loads(line) for line in handle]
+    return {r["iteration"]: r for r in records if r["kind"] == "eval"}
+
+
 def test_stop_and_resume_gives_the_uninterrupted_losses(tmp_path):
     prefix = make_token_dataset(str(tmp_path))
+    run_dir, log_dir = str(tmp_path / "run"), str(tmp_path / "uninterrupted_logs")
     full, first, second, iterations = run_distributed(
-        _stop_and_resume, prefix=prefix, run_dir=str(tmp_path / "run"))[0]
+        _stop_and_resume, prefix=prefix, run_dir=run_dir, log_dir=log_dir)[0]
     assert len(first) == 3 and iterations == [4, 5, 6, 7, 8]
     assert first + second == full  # bit-identical, noise and data order included
+    # the fraction of groups changed since the last validation (at 2, before the stop at 3)
+    # is measured against the same reference: it travels in the checkpoint
+    reference, resumed = _eval_records(log_dir), _eval_records(os.path.join(run_dir, "logs"))
+    assert sorted(reference) == sorted(resumed) == [2, 4, 6, 8]
+    for it in (2, 4, 6, 8):
+        assert resumed[it]["mask_change_fraction"] == reference[it]["mask_change_fraction"], it
+        assert resumed[it]["val_loss"] == reference[it]["val_loss"], it
+    assert reference[4]["mask_change_fraction"] > 0  # a reference taken at 3 would differ
 
 
 # --- save at TP=2, resume at TP=1 (DP=2): the model and optimizer state reshard ---

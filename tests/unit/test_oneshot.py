@@ -135,7 +135,9 @@ def test_wide_statistics_use_symmetric_blocks_and_match_the_direct_sums():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(method="obs"), "not one of"),
-    (dict(method="sparsegpt", blocksize=126), "multiple of M=4"),
+    (dict(method="sparsegpt", blocksize=126), "blocksize 126 is not a multiple of M=4.*--blocksize 124"),
+    (dict(method="sparsegpt", n=2, m=3), "pattern 2:3.*--blocksize 126"),
+    (dict(method="sparsegpt", blocksize=0), "blocksize 0 must be positive"),
     (dict(method="sparsegpt", percdamp=-0.1), "percdamp"),
     (dict(method="wanda", n=4, m=4), "not a sparsity pattern"),
     (dict(method="wanda", micro_batch_size=0), "micro_batch_size"),

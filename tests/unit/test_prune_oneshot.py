@@ -216,6 +216,8 @@ def test_indexed_calibration_concatenates_documents_in_order(tmp_path):
     (["--method", "sparsegpt", "--calib-text", "{calib}", "--update-weights"], "--save or --save-hf"),
     (["--method", "wanda", "--calib-text", "{calib}", "--calib-samples", "99"], "fewer than the 99"),
     (["--method", "magnitude", "--pattern", "2:7"], "multiple of M=7"),
+    (["--method", "sparsegpt", "--calib-text", "{calib}", "--pattern", "2:3"],
+     "pattern 2:3: .*--blocksize 126"),
     (["--method", "magnitude", "--pattern", "5:4"], "not a sparsity pattern"),
 ])
 def test_bad_input_fails_clearly_and_writes_nothing(setup, tmp_path, capsys, argv, message):
