@@ -45,3 +45,17 @@ def run_config(data_prefix: str, **overrides):
     from megatron_masklm.training.arguments import run_config_from_options
 
     return run_config_from_options(tiny_options(data_prefix, **overrides))
+
+
+def cli_flags(options: dict) -> list:
+    """``options`` as the train CLI's flags (``--no-x`` for a False boolean)."""
+    flags = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -19,21 +20,10 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "dist"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 from crafted import craft_metadata  # noqa: E402
-from training_utils import make_token_dataset, tiny_options  # noqa: E402
+from training_utils import cli_flags, make_token_dataset, tiny_options  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1",
        "PYTHONWARNINGS": "ignore"}
-
-
-def _flags(options: dict) -> list:
-    flags = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, (list, tuple)):
-            flags += [flag, *map(str, value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
 
 
 def _main(tool: str):
@@ -65,7 +55,7 @@ def trained(tmp_path_factory):
     prefix = make_token_dataset(str(root))
     options = tiny_options(prefix, train_iters=2, log_interval=1, eval_iters=0)
     run_dir = str(root / "run")
-    code, err = run_tool("train", *_flags(options), "--save", run_dir)
+    code, err = run_tool("train", *cli_flags(options), "--save", run_dir)
     assert code == 0, err
     (root / "eval.txt").write_text(" ".join(str((3 * i + 1) % 63) for i in range(200)))
     return {"root": root, "run": run_dir, "options": options, "text": str(root / "eval.txt")}
@@ -87,9 +77,9 @@ def _commands(trained, run, out):
                             "--output", out),
         "prune_oneshot --load": ("prune_oneshot", "--load", run, "--method", "magnitude",
                                  "--output-mask", out, "--no-progress"),
-        "train --pretrained-checkpoint": ("train", *_flags(options), "--train-iters", 3,
+        "train --pretrained-checkpoint": ("train", *cli_flags(options), "--train-iters", 3,
                                           "--pretrained-checkpoint", run, "--save", out),
-        "train --load (resume)": ("train", *_flags(options), "--train-iters", 3, "--load", run,
+        "train --load (resume)": ("train", *cli_flags(options), "--train-iters", 3, "--load", run,
                                   "--save", run),
     }
 
@@ -99,8 +89,6 @@ TOOLS = ["export_masks", "convert_megatron_to_hf", "eval_ppl --load", "prune_one
 
 
 def _assert_clean_error(code, err, pattern):
-    import re
-
     assert code == 1, err
     assert err.startswith("error:") and re.search(pattern, err), err
     assert "Traceback" not in err, err
@@ -173,7 +161,7 @@ def test_eval_of_a_truncated_safetensors_file_is_named(trained, tmp_path):
 
 
 def test_train_with_a_tp_size_that_does_not_divide_the_world(trained, tmp_path):
-    code, err = run_tool("train", *_flags(trained["options"]), "--tensor-model-parallel-size", 2,
+    code, err = run_tool("train", *cli_flags(trained["options"]), "--tensor-model-parallel-size", 2,
                          "--save", tmp_path / "run")
     _assert_clean_error(code, err, r"world size 1 is not divisible by TP 2")
 
@@ -184,7 +172,7 @@ def test_a_second_job_on_a_locked_run_directory_is_refused(trained, tmp_path):
     (run / "masklm.lock").write_text(json.dumps({
         "host": socket.gethostname(), "pid": os.getpid(),
         "started": psutil.Process().create_time()}))
-    code, err = run_tool("train", *_flags(trained["options"]), "--save", run)
+    code, err = run_tool("train", *cli_flags(trained["options"]), "--save", run)
     _assert_clean_error(code, err, rf"in use by pid {os.getpid()} on host")
     assert sorted(os.listdir(run)) == ["masklm.lock"]
 
@@ -195,7 +183,7 @@ def test_ranks_exit_when_only_the_launcher_is_killed(trained, tmp_path):
     options = dict(trained["options"], train_iters=100000, log_interval=1)
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "megatron_masklm.train", *_flags(options), "--save", str(run_dir)]
+           "-m", "megatron_masklm.train", *cli_flags(options), "--save", str(run_dir)]
     with open(tmp_path / "launcher.log", "w") as log:
         launcher = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)

@@ -8,24 +8,11 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "dist"))
-from training_utils import make_token_dataset, tiny_options  # noqa: E402
+from training_utils import cli_flags, make_token_dataset, tiny_options  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1",
        "PYTHONWARNINGS": "ignore"}
-
-
-def _flags(options: dict) -> list:
-    flags = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, (list, tuple)):
-            flags += [flag, *map(str, value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
 
 
 def _losses(run_dir):
@@ -61,7 +48,8 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_resumable(tmp_path
     script = os.path.join(HERE, "crash_during_save.py")
     log = tmp_path / "crash.log"
     with open(log, "w") as out:  # no pipes: the checkpoint writer's helper process outlives us
-        proc = subprocess.Popen([sys.executable, script, "4", *_flags(options), "--save", crashed],
+        proc = subprocess.Popen([sys.executable, script, "4", *cli_flags(options),
+                                 "--save", crashed],
                                 env=ENV, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
@@ -76,14 +64,14 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_resumable(tmp_path
     assert os.path.isdir(os.path.join(crashed, "iter_0000004.partial"))  # the torn save
     assert not os.path.exists(os.path.join(crashed, "iter_0000004"))
 
-    resume = [sys.executable, "-m", "megatron_masklm.train", *_flags(options),
+    resume = [sys.executable, "-m", "megatron_masklm.train", *cli_flags(options),
               "--load", crashed, "--save", crashed]
     proc = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert open(os.path.join(crashed, "latest_checkpointed_iteration.txt")).read() == "6"
     assert not os.path.exists(os.path.join(crashed, "iter_0000004.partial"))
 
-    full = [sys.executable, "-m", "megatron_masklm.train", *_flags(options), "--save", reference]
+    full = [sys.executable, "-m", "megatron_masklm.train", *cli_flags(options), "--save", reference]
     proc = subprocess.run(full, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = _losses(reference)
