@@ -116,3 +116,13 @@ def enable_cpu_backend(*, cuda_to_cpu_mode: bool = False) -> bool:
         _state["mode"] = CudaToCpuMode()
         _state["mode"].__enter__()
     return True
+
+
+def leave_cuda_to_cpu_mode() -> None:
+    """Exit the :class:`CudaToCpuMode` that :func:`enable_cpu_backend` entered, if it did.
+
+    A tool run in-process (tests) must not leave every later torch call hooked.
+    """
+    if _state["mode"] is not None:
+        mode, _state["mode"] = _state["mode"], None
+        mode.__exit__(None, None, None)

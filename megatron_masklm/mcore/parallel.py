@@ -11,7 +11,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
 from . import compat
-from .cpu_backend import enable_cpu_backend
+from .cpu_backend import enable_cpu_backend, leave_cuda_to_cpu_mode
 
 MASK_NOISE_RNG = "masklm-gumbel-rng"
 """Name of the RNG-tracker state the masked layers draw their Gumbel noise from."""
@@ -81,6 +81,7 @@ def destroy_distributed() -> None:
     parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    leave_cuda_to_cpu_mode()
 
 
 def mask_noise_seed(seed: int, *, iteration: int, tp_rank: int, pp_rank: int, dp_rank: int) -> int:
