@@ -18,6 +18,12 @@ where it stopped; mask training resumes from its last checkpoint; ``--fresh`` st
     weights from the SparseGPT prior, validating on EVAL samples as it goes, then exported in
     the compact format and checked.
 
+``--learned DIR`` replaces step 5 by a learned mask already on disk: DIR holds its compact
+mask file (masks.idx.npz), its training log (train_log.jsonl) and the training step's record
+(train_step.json), as ``full_distilled/`` in this folder does for the committed headline run. The
+mask is evaluated on the dense HF model (``tools/eval_ppl.py --hf-dir DENSE --masks FILE``), the
+check anyone can run without the 2.5 h of training.
+
 Every perplexity is EVAL's under the protocol (tools/eval_ppl.py: non-overlapping 512-token
 windows of the EVAL text tokenized whole).
 
@@ -220,6 +226,24 @@ def read_log(run_dir: str):
     return read(os.path.join(run_dir, "logs", "train_log.jsonl"))
 
 
+def learned_artifact(folder: str):
+    """(the training step's record with ``masks`` pointing into ``folder``, the log records) of
+    a learned mask on disk (``--learned``)."""
+    from megatron_masklm.training.plot import read_log as read
+
+    folder = os.path.abspath(folder)
+    paths = {name: os.path.join(folder, name)
+             for name in ("masks.idx.npz", "train_log.jsonl", "train_step.json")}
+    missing = [name for name, path in paths.items() if not os.path.isfile(path)]
+    if missing:
+        raise SystemExit(f"--learned {folder}: missing {', '.join(missing)} (it needs the compact "
+                         f"mask file, the training log and train_step.json, as full_distilled/)")
+    with open(paths["train_step.json"]) as handle:
+        trained = json.load(handle)
+    trained.update(masks=paths["masks.idx.npz"], mask_bytes=os.path.getsize(paths["masks.idx.npz"]))
+    return trained, read(paths["train_log.jsonl"])
+
+
 def exact_nm(mask_file: str) -> bool:
     from megatron_masklm.hf import verify_nm_path
 
@@ -279,6 +303,10 @@ def main(argv=None) -> None:
     parser.add_argument("--stop-after", choices=("oneshot", "measure"),
                         help="stop after the one-shot baselines (and their evaluation) or the "
                              "measurements, e.g. to compute priors only")
+    parser.add_argument("--learned", metavar="DIR",
+                        help="evaluate the learned mask in DIR (masks.idx.npz, train_log.jsonl, "
+                             "train_step.json; e.g. benchmarks/smollm2_cpu/full_distilled) "
+                             "instead of training one")
     parser.add_argument("--fresh", action="store_true", help="delete WORKDIR's results first "
                                                              "(the downloaded assets are kept)")
     args = parser.parse_args(argv)
@@ -312,13 +340,20 @@ def main(argv=None) -> None:
     measured = pipe.measure() if s["measure"] and not args.skip_measure else None
     if args.stop_after == "measure":
         return
-    trained = pipe.train()
-    learned = pipe.evaluate("maskllm", assets=assets, load=pipe.run_dir)
+    if args.learned:
+        trained, records = learned_artifact(args.learned)
+        learned = pipe.evaluate("maskllm_committed", assets=assets, hf_dir=assets["hf_dir"],
+                                masks=trained["masks"])
+    else:
+        trained = pipe.train()
+        records = read_log(pipe.run_dir)
+        learned = pipe.evaluate("maskllm", assets=assets, load=pipe.run_dir)
     label = "MaskLLM (learned, frozen weights, SparseGPT prior"
     label += ", distilled)" if s.get("distill_weight") else ")"
-    rows.append({"method": label, "exact": learned["exact_nm"] and exact_nm(trained["masks"]),
+    rows.append({"method": label, "exact": learned["exact_nm"] is not False
+                 and exact_nm(trained["masks"]),
                  "wall_s": trained["train_seconds"], "tokens": trained["tokens"], **_ppl(learned)})
-    curves = {label: read_log(pipe.run_dir)}
+    curves = {label: records}
     if args.ablate_distill and s.get("distill_weight"):
         plain = pipe.train("lm_only")
         plain_eval = pipe.evaluate("lm_only", assets=assets, load=pipe.path("lm_only"))
@@ -332,11 +367,13 @@ def main(argv=None) -> None:
     ppl = {row["method"]: row["ppl"] for row in rows}
     dense, learned_ppl = rows[0]["ppl"], ppl[label]
     summary = {"preset": args.preset, "settings": s, "tp": args.tp, "threads": args.threads,
+               "learned_from": os.path.relpath(args.learned, REPO) if args.learned else None,
                "eval_windows": learned["windows"], "eval_scored_tokens": learned["scored_tokens"],
                "methods": [{"method": r["method"], "eval_ppl": r["ppl"], "exact_nm": r["exact"],
                             "wall_s": r.get("wall_s"), "train_tokens": r.get("tokens") or 0}
                            for r in rows],
-               "rows": rows, "train": trained, "measure": measured,
+               "rows": rows, "train": {**trained, "masks": _shown(trained["masks"])},
+               "measure": measured,
                "pipeline_wall_s": round(time.perf_counter() - started, 1)}
     lines = [results_table(rows), ""]
     if "SparseGPT, updated weights" in ppl:
@@ -364,6 +401,12 @@ def main(argv=None) -> None:
         handle.write(text + "\n")
     plot(curves, rows, pipe.path("val_ppl.png"), f"SmolLM2-135M, 2:4, {args.preset} preset")
     print(f"wrote {pipe.path('results.md')}, results.json and val_ppl.png")
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the repository when it is inside it (a committed artifact)."""
+    relative = os.path.relpath(path, REPO)
+    return path if relative.startswith("..") else relative
 
 
 def _ppl(result: dict) -> dict:

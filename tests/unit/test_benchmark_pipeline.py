@@ -23,7 +23,8 @@ def bench():
 def _args(tmp_path, **overrides):
     values = dict(workdir=str(tmp_path), preset="quick", tp=1, threads=2, train_iters=None,
                   lr=None, min_lr=None, calib_samples=None, eval_windows=None,
-                  skip_measure=False, fresh=False, stop_after=None, ablate_distill=False)
+                  skip_measure=False, fresh=False, stop_after=None, ablate_distill=False,
+                  learned=None)
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -112,3 +113,21 @@ def test_plot_writes_a_png(bench, tmp_path):
     with open(path, "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(tmp_path) == ["val.png"]
+
+
+def test_the_committed_headline_artifact_is_complete_and_exactly_2_4(bench):
+    """--learned reads full_distilled/ (the committed learned mask): its record, its log, and a
+    mask file that is exactly 2:4 on all 210 SmolLM2 decoder linears."""
+    folder = os.path.join(ROOT, "benchmarks", "smollm2_cpu", "full_distilled")
+    trained, records = bench.learned_artifact(folder)
+    assert trained["masks"] == os.path.join(folder, "masks.idx.npz")
+    assert trained["tokens"] == trained["iterations"] * 8 * 512
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert evals and evals[-1]["tokens"] == trained["tokens"]
+    assert bench.exact_nm(trained["masks"])
+
+
+def test_a_learned_folder_missing_a_file_names_it(bench, tmp_path):
+    (tmp_path / "masks.idx.npz").write_bytes(b"")
+    with pytest.raises(SystemExit, match="missing train_log.jsonl, train_step.json"):
+        bench.learned_artifact(str(tmp_path))
