@@ -116,49 +116,6 @@ def build_hf_dir(gguf_path: str, out_dir: str) -> str:
     return out_dir
 
 
-def truncate_hf_dir(hf_dir: str, out_dir: str, num_layers: int) -> str:
-    """The first ``num_layers`` decoder layers of the HF checkpoint ``hf_dir`` (embeddings, final
-    norm and head kept) as a HF directory ``out_dir``: a model small enough for a minutes-long
-    run of the whole pipeline. Written to a temporary sibling and renamed; skipped if done."""
-    import json
-
-    from safetensors.torch import load_file, save_file
-
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(os.path.join(out_dir, "config.json")):
-        return out_dir
-    with open(os.path.join(hf_dir, "config.json")) as handle:
-        config = json.load(handle)
-    if not 0 < num_layers <= config["num_hidden_layers"]:
-        raise SystemExit(f"cannot keep {num_layers} layers of a {config['num_hidden_layers']}-layer "
-                         f"model: pass 1..{config['num_hidden_layers']}")
-    config["num_hidden_layers"] = num_layers
-    kept = {}
-    for name in sorted(os.listdir(hf_dir)):
-        if name.endswith(".safetensors"):
-            for key, tensor in load_file(os.path.join(hf_dir, name)).items():
-                parts = key.split(".")
-                if parts[:2] == ["model", "layers"] and int(parts[2]) >= num_layers:
-                    continue
-                kept[key] = tensor
-    parent = os.path.dirname(out_dir)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp.", dir=parent)
-    os.chmod(tmp, 0o755)
-    try:
-        for name in os.listdir(hf_dir):  # tokenizer and generation files as they are
-            if not name.endswith(".safetensors") and name not in ("config.json",
-                                                                  "model.safetensors.index.json"):
-                shutil.copy(os.path.join(hf_dir, name), tmp)
-        save_file(kept, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        with open(os.path.join(tmp, "config.json"), "w") as handle:
-            json.dump(config, handle, indent=2)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
 def split_texts(summaries_json: str):
     """Return ``(train_text, eval_text)``: sorted titles, article i is EVAL iff ``i % 10 == 0``,
     each split is the ``"\\n\\n"``-join of its non-empty extracts, in order."""

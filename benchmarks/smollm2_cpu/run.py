@@ -71,9 +71,8 @@ class Pipeline:
     def __init__(self, args):
         self.args = args
         self.settings = dict(PRESETS[args.preset])
-        for key in ("train_iters", "calib_samples", "eval_windows", "lr", "min_lr", "num_layers",
-                    "global_batch_size", "seq_length"):
-            if getattr(args, key, None) is not None:
+        for key in ("train_iters", "calib_samples", "eval_windows", "lr", "min_lr"):
+            if getattr(args, key) is not None:
                 self.settings[key] = getattr(args, key)
         if getattr(args, "methods", None):
             self.settings["methods"] = tuple(m for m in ("magnitude", "wanda", "sparsegpt")
@@ -116,19 +115,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------------- steps
     def assets(self) -> dict:
-        from assets import prepare, truncate_hf_dir
+        from assets import prepare
 
-        assets = prepare(self.workdir)
-        layers = self.settings.get("num_layers")
-        if layers:  # the model cut to its first layers (the quick preset)
-            assets["hf_dir"] = truncate_hf_dir(assets["hf_dir"], self.path(f"hf_{layers}layers"),
-                                               layers)
-        return assets
-
-    @property
-    def masked_linears(self) -> int:
-        """How many decoder linears a whole-model 2:4 mask covers (7 per layer)."""
-        return 7 * (self.settings.get("num_layers") or 30)
+        return prepare(self.workdir)
 
     def convert_and_tokenize(self, assets: dict) -> dict:
         def convert():
@@ -255,11 +244,11 @@ def learned_artifact(folder: str):
     return trained, read(paths["train_log.jsonl"])
 
 
-def exact_nm(mask_file: str, linears: int = 210) -> bool:
+def exact_nm(mask_file: str) -> bool:
     from megatron_masklm.hf import verify_nm_path
 
     report = verify_nm_path(mask_file, pattern=PATTERN)
-    return report.ok and len(report.params) == linears
+    return report.ok and len(report.params) == 210
 
 
 def plot(curves, rows, path: str, title: str) -> None:
@@ -303,11 +292,6 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--min-lr", type=float)
     parser.add_argument("--calib-samples", type=int)
-    parser.add_argument("--num-layers", type=int,
-                        help="keep only the model's first K decoder layers (default: the preset's; "
-                             "full: all 30)")
-    parser.add_argument("--global-batch-size", type=int)
-    parser.add_argument("--seq-length", type=int)
     parser.add_argument("--eval-windows", type=int, help="evaluate on the first K EVAL windows")
     parser.add_argument("--methods", nargs="+", choices=("magnitude", "wanda", "sparsegpt"),
                         help="the one-shot baselines to run (default: the preset's; SparseGPT, "
@@ -342,7 +326,7 @@ def main(argv=None) -> None:
     for method in s["methods"]:
         result = pipe.oneshot(method, assets)
         masks = pipe.path("oneshot", method, "hf_masks.npz")
-        rows.append({"method": names[method], "exact": exact_nm(masks, pipe.masked_linears),
+        rows.append({"method": names[method], "exact": exact_nm(masks),
                      "wall_s": result["total_seconds"],
                      **_ppl(pipe.evaluate(method, assets=assets, hf_dir=assets["hf_dir"], masks=masks))})
         if method == "sparsegpt":
@@ -367,7 +351,7 @@ def main(argv=None) -> None:
     label = "MaskLLM (learned, frozen weights, SparseGPT prior"
     label += ", distilled)" if s.get("distill_weight") else ")"
     rows.append({"method": label, "exact": learned["exact_nm"] is not False
-                 and exact_nm(trained["masks"], pipe.masked_linears),
+                 and exact_nm(trained["masks"]),
                  "wall_s": trained["train_seconds"], "tokens": trained["tokens"], **_ppl(learned)})
     curves = {label: records}
     if args.ablate_distill and s.get("distill_weight"):
@@ -375,8 +359,7 @@ def main(argv=None) -> None:
         plain_eval = pipe.evaluate("lm_only", assets=assets, load=pipe.path("lm_only"))
         plain_label = "MaskLLM, LM loss only (same recipe and tokens)"
         rows.append({"method": plain_label,
-                     "exact": plain_eval["exact_nm"]
-                     and exact_nm(plain["masks"], pipe.masked_linears),
+                     "exact": plain_eval["exact_nm"] and exact_nm(plain["masks"]),
                      "wall_s": plain["train_seconds"], "tokens": plain["tokens"],
                      **_ppl(plain_eval)})
         curves[plain_label] = read_log(pipe.path("lm_only"))
