@@ -119,6 +119,7 @@ def test_the_committed_headline_artifact_is_complete_and_exactly_2_4(bench):
     """--learned reads full_distilled/ (the committed learned mask): its record, its log, and a
     mask file that is exactly 2:4 on all 210 SmolLM2 decoder linears."""
     folder = os.path.join(ROOT, "benchmarks", "smollm2_cpu", "full_distilled")
+    assert bench.PRESETS["quick"]["committed"] == folder  # the quick table's headline row
     trained, records = bench.learned_artifact(folder)
     assert trained["masks"] == os.path.join(folder, "masks.idx.npz")
     assert trained["tokens"] == trained["iterations"] * 8 * 512
