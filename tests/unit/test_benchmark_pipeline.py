@@ -116,15 +116,22 @@ def test_plot_writes_a_png(bench, tmp_path):
 
 
 def test_the_committed_headline_artifact_is_complete_and_exactly_2_4(bench):
-    """--learned reads full_distilled/ (the committed learned mask): its record, its log, and a
-    mask file that is exactly 2:4 on all 210 SmolLM2 decoder linears."""
+    """--learned reads full_distilled/ (the committed learned mask): its record, its log, a mask
+    file exactly 2:4 on all 210 SmolLM2 decoder linears, and the results.json of the run that
+    made it, with the same tokens; the quick table shows that mask."""
     folder = os.path.join(ROOT, "benchmarks", "smollm2_cpu", "full_distilled")
     assert bench.PRESETS["quick"]["committed"] == folder  # the quick table's headline row
     trained, records = bench.learned_artifact(folder)
     assert trained["masks"] == os.path.join(folder, "masks.idx.npz")
     assert trained["tokens"] == trained["iterations"] * 8 * 512
+    assert trained["iterations"] == bench.PRESETS["full_distilled"]["train_iters"]
     evals = [r for r in records if r["kind"] == "eval"]
     assert evals and evals[-1]["tokens"] == trained["tokens"]
+    with open(os.path.join(folder, "results.json")) as handle:
+        methods = json.load(handle)["methods"]
+    learned = [m for m in methods if m["method"].startswith("MaskLLM (learned")]
+    assert len(learned) == 1 and learned[0]["train_tokens"] == trained["tokens"]
+    assert learned[0]["exact_nm"] is True
     assert bench.exact_nm(trained["masks"])
 
 
@@ -132,3 +139,48 @@ def test_a_learned_folder_missing_a_file_names_it(bench, tmp_path):
     (tmp_path / "masks.idx.npz").write_bytes(b"")
     with pytest.raises(SystemExit, match="missing train_log.jsonl, train_step.json"):
         bench.learned_artifact(str(tmp_path))
+
+
+def test_main_trains_before_the_slow_evaluations_and_scores_the_exported_mask(
+        bench, tmp_path, monkeypatch):
+    """The pipeline's order with every step stubbed: the one-shot masks, then training (it waits
+    for the prior only), then the evaluations, the learned mask's first and on the dense HF
+    model with its exported mask file (what `tools/eval_ppl.py --hf-dir DENSE --masks FILE`
+    checks); the summary names the same run's rows."""
+    calls = []
+    masks = str(tmp_path / "maskllm_masks.idx.npz")
+    assets = {"hf_dir": "HF", "eval_txt": "EVAL", "train_txt": "TRAIN"}
+    ppl = {"dense": 14.0, "magnitude": 2000.0, "sparsegpt": 90.0, "sparsegpt_updated": 55.0,
+           "maskllm": 30.0}
+
+    def evaluate(self, name, *, assets, hf_dir=None, masks=None, load=None):
+        calls.append(("eval", name, hf_dir, masks, load))
+        return {"ppl": ppl[name], "windows": 210, "scored_tokens": 107310,
+                "exact_nm": None if name == "dense" else True}
+
+    stubs = {
+        "assets": lambda self: calls.append(("assets",)) or assets,
+        "convert_and_tokenize": lambda self, a: calls.append(("convert",)),
+        "oneshot": lambda self, method, a: calls.append(("prune", method)) or {
+            "total_seconds": 1.0, "exact_nm": True},
+        "measure": lambda self: calls.append(("measure",)) or None,
+        "train": lambda self, variant="maskllm": calls.append(("train", variant)) or {
+            "train_seconds": 10.0, "tokens": 4096, "iterations": 1, "masks": masks,
+            "mask_bytes": 1, "recipe": []},
+        "evaluate": evaluate,
+    }
+    for name, stub in stubs.items():
+        monkeypatch.setattr(bench.Pipeline, name, stub)
+    monkeypatch.setattr(bench, "read_log", lambda run_dir: [])
+    monkeypatch.setattr(bench, "exact_nm", lambda path: True)
+    monkeypatch.setattr(bench, "plot", lambda *args, **kwargs: None)
+    monkeypatch.setitem(bench.PRESETS, "quick", dict(bench.PRESETS["quick"], committed=None))
+    bench.main(["--workdir", str(tmp_path), "--preset", "quick"])
+
+    kinds = [c[0] if c[0] != "eval" else f"eval {c[1]}" for c in calls]
+    assert kinds == ["assets", "convert", "prune", "prune", "train", "eval maskllm", "eval dense",
+                     "eval magnitude", "eval sparsegpt", "eval sparsegpt_updated"]
+    assert calls[kinds.index("eval maskllm")][2:] == ("HF", masks, None)
+    summary = json.load(open(tmp_path / "results.json"))
+    assert [m["eval_ppl"] for m in summary["methods"]] == [14.0, 2000.0, 90.0, 55.0, 30.0]
+    assert summary["gap_closed_vs_sparsegpt"] == pytest.approx((55.0 - 30.0) / (55.0 - 14.0))
