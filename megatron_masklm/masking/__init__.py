@@ -23,6 +23,7 @@ from .packing import load_masks_npz, pack_mask, save_masks_npz, unpack_mask
 from .prior import apply_prior_, candidate_overlap, prior_logit_shift
 from .sampling import (
     check_group_shape,
+    expected_mask,
     gumbel_noise,
     hard_mask,
     masked_weight,
@@ -33,7 +34,7 @@ from .schedules import MaskState, linear_schedule, mask_state_at
 
 __all__ = [
     "MAX_M", "MaskConfig", "MaskState", "apply_prior_", "candidate_overlap", "check_group_shape",
-    "group_counts", "gumbel_noise", "hard_mask", "is_exact_nm", "linear_schedule",
+    "expected_mask",    "group_counts", "gumbel_noise", "hard_mask", "is_exact_nm", "linear_schedule",
     "load_masks_npz", "mask_state_at", "masked_weight", "nm_candidates", "nm_violations",
     "num_candidates", "pack_mask", "parse_nm", "prior_logit_shift", "save_masks_npz",
     "soft_mask", "sparse_weight_regularizer", "unpack_mask", "validate_nm",

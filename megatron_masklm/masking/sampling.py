@@ -69,6 +69,16 @@ def soft_mask(
     return probs @ candidates_CM.float()
 
 
+@torch.no_grad()
+def expected_mask(
+    logits_RGC: torch.Tensor, candidates_CM: torch.Tensor, *, temperature: float, logit_scale: float
+) -> torch.Tensor:
+    """The noise-free soft mask [R, G, M] without autograd, for monitoring: :func:`soft_mask`'s
+    value through the training forward's in-place softmax (several times faster on CPU)."""
+    probs = _softmax_last_(_scores(logits_RGC, logit_scale, None) / temperature)
+    return probs @ candidates_CM.float()
+
+
 def hard_mask(logits_RGC: torch.Tensor, candidates_CM: torch.Tensor) -> torch.Tensor:
     """The final (eval) mask [R, G, M]: per group, the candidate with the largest logit."""
     return candidates_CM[logits_RGC.argmax(-1)]

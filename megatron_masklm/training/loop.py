@@ -15,7 +15,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from ..masking import MaskState, mask_state_at, soft_mask
+from ..masking import MaskState, expected_mask, mask_state_at
 from ..mcore import (apply_mask_state, apply_prior_masks, check_nm, masked_linears, masks_off,
                      seed_mask_noise, set_random_seeds)
 from ..mcore.global_masks import load_global_masks
@@ -216,12 +216,18 @@ def _model_parallel_sum(values: List[float], device) -> List[float]:
 
 @torch.no_grad()
 def regulariser_term(run: Run, state: MaskState) -> float:
-    """lambda * sum ||W * M~||^2 over the whole model, with the noise-free soft mask (for logs)."""
+    """lambda * sum ||W * M~||^2 over the whole model, with the noise-free soft mask (for logs).
+
+    A pass over every logit, as costly as a masked forward's mask maths: skipped once the
+    regulariser's weight has decayed to 0 (the same on every rank: it follows the schedule).
+    """
+    if state.reg_weight == 0:
+        return 0.0
     device = next(run.gpt.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
     for _, layer in masked_linears(run.gpt):
-        mask = soft_mask(layer.mask_logits, layer.mask_candidates, temperature=state.temperature,
-                         logit_scale=state.logit_scale)
+        mask = expected_mask(layer.mask_logits, layer.mask_candidates,
+                             temperature=state.temperature, logit_scale=state.logit_scale)
         total += (layer.weight.float() * mask.reshape(layer.weight.shape)).pow(2).sum()
     return state.reg_weight * _model_parallel_sum([total.item()], device)[0]
 

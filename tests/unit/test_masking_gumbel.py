@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_masklm.masking import gumbel_noise, nm_candidates, soft_mask
+from megatron_masklm.masking import expected_mask, gumbel_noise, nm_candidates, soft_mask
 
 EULER_GAMMA = 0.5772156649015329
 GUMBEL_VAR = math.pi ** 2 / 6
@@ -96,6 +96,20 @@ def test_soft_mask_value_and_group_sums(n, m, with_noise):
     np.testing.assert_allclose(mask.double().numpy(), expected, rtol=0, atol=1e-6)
     np.testing.assert_allclose(mask.double().sum(-1).numpy(), n, rtol=0, atol=1e-5)
     assert ((mask >= 0) & (mask <= 1 + 1e-6)).all()
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8)])
+def test_expected_mask_is_the_noise_free_soft_mask_without_autograd(n, m):
+    """The monitoring path (the logged regulariser) against the float64 reference; the logits
+    it reads are left as they were (its softmax works in place on a copy)."""
+    candidates = nm_candidates(n, m)
+    logits = (0.01 * torch.randn(6, 4, len(candidates), generator=seeded(m))).requires_grad_()
+    before = logits.detach().clone()
+    mask = expected_mask(logits, candidates, temperature=0.7, logit_scale=300.0)
+    _, expected = reference_soft_mask(logits.detach(), None, candidates, 0.7, 300.0)
+    assert not mask.requires_grad and tuple(mask.shape) == (6, 4, m)
+    np.testing.assert_allclose(mask.double().numpy(), expected, rtol=0, atol=1e-6)
+    assert torch.equal(logits.detach(), before)
 
 
 def test_soft_mask_at_low_temperature_is_argmax_candidate():
