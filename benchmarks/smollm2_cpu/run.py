@@ -11,12 +11,15 @@ where it stopped; mask training resumes from its last checkpoint; ``--fresh`` st
  2. HF -> Megatron checkpoint (tools/convert_hf_to_megatron.py) and the TRAIN/EVAL texts as
     indexed datasets (tools/preprocess_data.py);
  3. one-shot 2:4 masks: magnitude, Wanda, SparseGPT (tools/prune_oneshot.py) on the first
-    calibration windows of TRAIN; SparseGPT also with its weight update; each evaluated;
+    calibration windows of TRAIN; SparseGPT also with its weight update;
  4. side-by-side measurements (measure.py): mask-training step time against dense
     forward+backward on the same batch, and training-state bytes per masked weight;
  5. MaskLLM: the 2:4 mask learned on TRAIN (python -m megatron_masklm.train) with frozen
     weights from the SparseGPT prior, validating on EVAL samples as it goes, then exported in
-    the compact format and checked.
+    the compact format and checked;
+ 6. the evaluations, last (each takes minutes on 210 windows and training waits only for the
+    prior): the learned mask first, on the dense HF model with its exported mask file, then
+    dense and the one-shot masks.
 
 ``--learned DIR`` replaces step 5 by a learned mask already on disk: DIR holds its compact
 mask file (masks.idx.npz), its training log (train_log.jsonl) and the training step's record
@@ -48,10 +51,12 @@ from benchlib import REPO, benchmark_env, results_table, run_json  # noqa: E402
 PRESETS = {
     # The recipe used for the README's numbers: under 2 CPU-hours of mask training on 2 cores
     # (a step of the LM loss alone takes ~30-34 s here, so 180 steps).
+    # bf16 weights and activations (the logits and all mask maths stay fp32): a step of 8 x 512
+    # tokens took 23.5-26.1 s against fp32's 32.2-42.1 s here, with the same losses to 2 digits.
     "full": dict(calib_samples=128, eval_windows=None, methods=("magnitude", "wanda", "sparsegpt"),
                  train_iters=180, micro_batch_size=4, global_batch_size=8, seq_length=512,
                  lr=1e-3, min_lr=1e-4, eval_interval=30, eval_iters=2, save_interval=30,
-                 measure=True),
+                 measure=True, train_args=("--bf16",)),
     # The committed mask in full_distilled/: distillation from the dense model (the same weights,
     # masks off), ahead of the LM loss alone per token early on (distill_vs_lm/), but a step
     # costs ~49 s, so only 90 steps fit: 30.46 on EVAL, behind the 180 LM-only steps' 27.78.
@@ -253,6 +258,11 @@ def learned_artifact(folder: str):
     return trained, read(paths["train_log.jsonl"])
 
 
+def learned_eval_name(folder: str) -> str:
+    """The cached evaluation step of a learned-mask folder's mask (one per folder)."""
+    return "learned_" + os.path.basename(os.path.normpath(folder))
+
+
 def exact_nm(mask_file: str) -> bool:
     from megatron_masklm.hf import verify_nm_path
 
@@ -328,12 +338,29 @@ def main(argv=None) -> None:
 
     assets = pipe.assets()
     pipe.convert_and_tokenize(assets)
+    # The masks first, the evaluations (minutes each on 210 windows) after: the prior is all
+    # that training waits for.
+    pruned = {method: pipe.oneshot(method, assets) for method in s["methods"]}
+    if args.stop_after != "oneshot":
+        measured = pipe.measure() if s["measure"] and not args.skip_measure else None
+        if args.stop_after == "measure":
+            return
+        if args.learned:
+            trained, records = learned_artifact(args.learned)
+        else:
+            trained, records = pipe.train(), read_log(pipe.run_dir)
+        plain = pipe.train("lm_only") if args.ablate_distill and s.get("distill_weight") else None
+        # The learned mask on the dense fp32 HF model, as anyone checks a committed one (the
+        # training checkpoint holds bf16 weights when it trained in bf16); first, as the
+        # number the run is for.
+        learned = pipe.evaluate(learned_eval_name(args.learned) if args.learned else "maskllm",
+                                assets=assets, hf_dir=assets["hf_dir"], masks=trained["masks"])
+
     rows = [{"method": "dense (dequantised Q4_1)", "exact": None,
              **_ppl(pipe.evaluate("dense", assets=assets, hf_dir=assets["hf_dir"]))}]
     names = {"magnitude": "magnitude", "wanda": "Wanda",
              "sparsegpt": "SparseGPT mask, original weights (the prior)"}
-    for method in s["methods"]:
-        result = pipe.oneshot(method, assets)
+    for method, result in pruned.items():
         masks = pipe.path("oneshot", method, "hf_masks.npz")
         rows.append({"method": names[method], "exact": exact_nm(masks),
                      "wall_s": result["total_seconds"],
@@ -346,17 +373,6 @@ def main(argv=None) -> None:
     if args.stop_after == "oneshot":
         print(results_table(rows))
         return
-    measured = pipe.measure() if s["measure"] and not args.skip_measure else None
-    if args.stop_after == "measure":
-        return
-    if args.learned:
-        trained, records = learned_artifact(args.learned)
-        learned = pipe.evaluate("maskllm_committed", assets=assets, hf_dir=assets["hf_dir"],
-                                masks=trained["masks"])
-    else:
-        trained = pipe.train()
-        records = read_log(pipe.run_dir)
-        learned = pipe.evaluate("maskllm", assets=assets, load=pipe.run_dir)
     label = "MaskLLM (learned, frozen weights, SparseGPT prior"
     label += ", distilled)" if s.get("distill_weight") else ")"
     rows.append({"method": label, "exact": learned["exact_nm"] is not False
@@ -365,16 +381,16 @@ def main(argv=None) -> None:
     curves = {label: records}
     if s.get("committed") and not args.learned:  # the headline mask, on this run's windows
         committed, _ = learned_artifact(s["committed"])
-        result = pipe.evaluate("maskllm_committed", assets=assets, hf_dir=assets["hf_dir"],
-                               masks=committed["masks"])
+        result = pipe.evaluate(learned_eval_name(s["committed"]), assets=assets,
+                               hf_dir=assets["hf_dir"], masks=committed["masks"])
         rows.append({"method": "MaskLLM, the committed full-run mask (full_distilled/, distilled; "
                                "not trained by this job)",
                      "exact": result["exact_nm"] is not False and exact_nm(committed["masks"]),
                      "wall_s": committed["train_seconds"], "tokens": committed["tokens"],
                      **_ppl(result)})
-    if args.ablate_distill and s.get("distill_weight"):
-        plain = pipe.train("lm_only")
-        plain_eval = pipe.evaluate("lm_only", assets=assets, load=pipe.path("lm_only"))
+    if plain:
+        plain_eval = pipe.evaluate("lm_only", assets=assets, hf_dir=assets["hf_dir"],
+                                   masks=plain["masks"])
         plain_label = "MaskLLM, LM loss only (same recipe and tokens)"
         rows.append({"method": plain_label,
                      "exact": plain_eval["exact_nm"] and exact_nm(plain["masks"]),
