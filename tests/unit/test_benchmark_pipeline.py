@@ -141,8 +141,9 @@ def test_a_learned_folder_missing_a_file_names_it(bench, tmp_path):
         bench.learned_artifact(str(tmp_path))
 
 
+@pytest.mark.parametrize("learned", [False, True])
 def test_main_trains_before_the_slow_evaluations_and_scores_the_exported_mask(
-        bench, tmp_path, monkeypatch):
+        bench, tmp_path, monkeypatch, learned):
     """The pipeline's order with every step stubbed: the one-shot masks, then training (it waits
     for the prior only), then the evaluations, the learned mask's first and on the dense HF
     model with its exported mask file (what `tools/eval_ppl.py --hf-dir DENSE --masks FILE`
@@ -151,7 +152,10 @@ def test_main_trains_before_the_slow_evaluations_and_scores_the_exported_mask(
     masks = str(tmp_path / "maskllm_masks.idx.npz")
     assets = {"hf_dir": "HF", "eval_txt": "EVAL", "train_txt": "TRAIN"}
     ppl = {"dense": 14.0, "magnitude": 2000.0, "sparsegpt": 90.0, "sparsegpt_updated": 55.0,
-           "maskllm": 30.0}
+           "maskllm": 30.0, "learned_full_distilled": 30.0}
+    folder = os.path.join(ROOT, "benchmarks", "smollm2_cpu", "full_distilled")
+    if learned:  # --learned DIR: DIR's mask instead of training one
+        masks = os.path.join(folder, "masks.idx.npz")
 
     def evaluate(self, name, *, assets, hf_dir=None, masks=None, load=None):
         calls.append(("eval", name, hf_dir, masks, load))
@@ -175,12 +179,14 @@ def test_main_trains_before_the_slow_evaluations_and_scores_the_exported_mask(
     monkeypatch.setattr(bench, "exact_nm", lambda path: True)
     monkeypatch.setattr(bench, "plot", lambda *args, **kwargs: None)
     monkeypatch.setitem(bench.PRESETS, "quick", dict(bench.PRESETS["quick"], committed=None))
-    bench.main(["--workdir", str(tmp_path), "--preset", "quick"])
+    bench.main(["--workdir", str(tmp_path), "--preset", "quick"]
+               + (["--learned", folder] if learned else []))
 
     kinds = [c[0] if c[0] != "eval" else f"eval {c[1]}" for c in calls]
-    assert kinds == ["assets", "convert", "prune", "prune", "train", "eval maskllm", "eval dense",
+    first = ["eval learned_full_distilled"] if learned else ["train", "eval maskllm"]
+    assert kinds == ["assets", "convert", "prune", "prune", *first, "eval dense",
                      "eval magnitude", "eval sparsegpt", "eval sparsegpt_updated"]
-    assert calls[kinds.index("eval maskllm")][2:] == ("HF", masks, None)
+    assert calls[kinds.index(first[-1])][2:] == ("HF", masks, None)
     summary = json.load(open(tmp_path / "results.json"))
     assert [m["eval_ppl"] for m in summary["methods"]] == [14.0, 2000.0, 90.0, 55.0, 30.0]
     assert summary["gap_closed_vs_sparsegpt"] == pytest.approx((55.0 - 30.0) / (55.0 - 14.0))
