@@ -18,7 +18,7 @@ setup(
     # are optional GPU paths that come with NGC containers; they are never dependencies.
     install_requires=[
         "torch>=2.6",
-        "megatron-core>=0.16.1",
+        "megatron-core>=0.16.1,<0.20",  # the range CI tests (.ci/run: 0.16.1 and 0.19.2)
         "numpy",
         "packaging>=24.2",
         "psutil",  # megatron's dist_checkpointing save needs it at run time

@@ -41,18 +41,20 @@ counts the real tensors; ``tests/unit/test_estimate_memory.py``):
   tensor by tensor as Korthikanti et al. (2022), "Reducing Activation Recomputation in Large
   Transformer Models", section 4.1, count them (their eq. 1-2: sbh(34 + 5as/h) bytes per layer
   with 2-byte activations, no TP), redone for this model: no dropout (the project trains with
-  dropout 0), RMSNorm and SwiGLU for LLaMA (LayerNorm, GeLU and biases for GPT), grouped-query
-  attention, fp32 softmax. With s tokens, b sequences, hidden h, FFN f, a heads, g key/value
-  groups of width d = h/a, TP t, activation bytes e (2 for bf16, 4 for fp32), and
+  dropout 0), RMSNorm and SwiGLU for LLaMA and Qwen (LayerNorm, GeLU and biases for GPT),
+  grouped-query attention, fp32 softmax. With s tokens, b sequences, hidden h, FFN f, a heads,
+  g key/value groups of width d (kv_channels, h/a unless set), q = a d, TP t, activation bytes e
+  (2 for bf16, 4 for fp32), and
   u = 1/t with sequence parallelism, else 1 (the tensors sequence parallelism shards), one
   layer keeps (bytes)::
 
       norms and their linears' inputs  4 e s b h u
-      attention, flash (fused)         e s b (2h + 2 g d) / t + 4 a s b / t   (Q, K, V, output, LSE)
-      attention, local (unfused)       4 e s b h / t + (4 + e [e = 2]) a s^2 b / t
+      QK-norm (Qwen3)                  e s b (q + g d) / t   (the query and key heads' inputs)
+      attention, flash (fused)         e s b (2q + 2 g d) / t + 4 a s b / t   (Q, K, V, output, LSE)
+      attention, local (unfused)       4 e s b q / t + (4 + e [e = 2]) a s^2 b / t
                                        (Q, K and V repeated to every head, context, fp32 softmax
                                        and its e-byte copy)
-      attention, selective recompute   e s b (2h + 2 g d) / t   (the checkpointed Q, K, V, output)
+      attention, selective recompute   e s b (2q + 2 g d) / t   (the checkpointed Q, K, V, output)
       MLP, SwiGLU                      4 e s b f / t   (gate and up halves, silu(gate), fc2 input)
       MLP, GeLU                        2 e s b f / t   (gelu input, fc2 input)
 
@@ -142,41 +144,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .architecture import FAMILIES, ModelShape, padded_vocab_size as _padded
 from .masking.candidates import parse_nm
 
 GIB = 1024 ** 3
 
-FAMILIES = ("llama", "gpt")
 RECOMPUTE_CHOICES = ("none", "selective", "full")
 ATTENTION_CHOICES = ("flash", "local")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Architecture:
-    """A decoder-only model's shape; the field names are ModelShape's (mcore/model.py)."""
-
-    family: str = "llama"
-    """"llama": RMSNorm, SwiGLU, RoPE, no biases; "gpt": LayerNorm, GeLU, learned positions,
-    biases."""
-    num_layers: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_attention_heads: int
-    num_query_groups: Optional[int] = None
-    """Key/value heads (grouped-query attention); None: one per attention head."""
-    vocab_size: int
-    """The tokenizer's vocabulary; padded to a multiple of make_vocab_size_divisible_by x TP."""
-    max_position_embeddings: int = 4096
-    """Rows of the learned position embedding (GPT family only)."""
-    tied_embeddings: bool = False
-
-    @property
-    def groups(self) -> int:
-        return self.num_query_groups or self.num_attention_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -275,7 +249,7 @@ class StageEstimate:
 class Estimate:
     """The whole estimate: the inputs as resolved, and one breakdown per pipeline stage."""
 
-    architecture: Architecture
+    architecture: ModelShape
     setup: Setup
     padded_vocab_size: int
     stages: List[StageEstimate]
@@ -314,21 +288,32 @@ class Estimate:
         }
 
 
-PRESETS: Dict[str, Architecture] = {
-    "llama2-7b": Architecture(num_layers=32, hidden_size=4096, ffn_hidden_size=11008,
-                              num_attention_heads=32, num_query_groups=32, vocab_size=32000),
-    "llama2-13b": Architecture(num_layers=40, hidden_size=5120, ffn_hidden_size=13824,
-                               num_attention_heads=40, num_query_groups=40, vocab_size=32000),
-    "smollm2-135m": Architecture(num_layers=30, hidden_size=576, ffn_hidden_size=1536,
-                                 num_attention_heads=9, num_query_groups=3, vocab_size=49152,
-                                 max_position_embeddings=8192, tied_embeddings=True),
+PRESET_OPTIONS: Dict[str, Dict[str, Any]] = {
+    "llama2-7b": dict(num_layers=32, hidden_size=4096, ffn_hidden_size=11008,
+                      num_attention_heads=32, num_query_groups=32, vocab_size=32000),
+    "llama2-13b": dict(num_layers=40, hidden_size=5120, ffn_hidden_size=13824,
+                       num_attention_heads=40, num_query_groups=40, vocab_size=32000),
+    "qwen2.5-7b": dict(family="qwen2", num_layers=28, hidden_size=3584, ffn_hidden_size=18944,
+                       num_attention_heads=28, num_query_groups=4, vocab_size=152064,
+                       max_position_embeddings=32768, rotary_base=1e6, norm_eps=1e-6),
+    "qwen3-8b": dict(family="qwen3", num_layers=36, hidden_size=4096, ffn_hidden_size=12288,
+                     num_attention_heads=32, num_query_groups=8, kv_channels=128,
+                     vocab_size=151936, max_position_embeddings=40960, rotary_base=1e6,
+                     norm_eps=1e-6),
+    "smollm2-135m": dict(num_layers=30, hidden_size=576, ffn_hidden_size=1536,
+                         num_attention_heads=9, num_query_groups=3, vocab_size=49152,
+                         max_position_embeddings=8192, tied_embeddings=True),
 }
+"""The options of each preset shape (the HF config.json values; the CLI starts from these, so a
+flag such as --hidden-size or --model-family recomputes what depends on it)."""
+PRESETS: Dict[str, ModelShape] = {name: ModelShape(**options)
+                                  for name, options in PRESET_OPTIONS.items()}
 """Model shapes by name (as examples/configs and the SmolLM2 benchmark use them)."""
 
 
 # --- checks -------------------------------------------------------------------------------------
 
-def check(arch: Architecture, setup: Setup) -> None:
+def check(arch: ModelShape, setup: Setup) -> None:
     """Raise ValueError naming the first setting Megatron or the masked layers would refuse."""
     for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                  "vocab_size", "max_position_embeddings"):
@@ -339,8 +324,6 @@ def check(arch: Architecture, setup: Setup) -> None:
                  "data_parallel_size", "micro_batch_size", "seq_length",
                  "make_vocab_size_divisible_by"):
         _positive(name, getattr(setup, name))
-    if arch.family not in FAMILIES:
-        raise ValueError(f"family {arch.family!r} is not one of {FAMILIES}")
     if setup.recompute_granularity not in RECOMPUTE_CHOICES:
         raise ValueError(f"recompute_granularity {setup.recompute_granularity!r} is not one of "
                          f"{RECOMPUTE_CHOICES}")
@@ -348,11 +331,8 @@ def check(arch: Architecture, setup: Setup) -> None:
         raise ValueError(f"attention {setup.attention!r} is not one of {ATTENTION_CHOICES}")
     parse_nm(f"{setup.n}:{setup.m}")
     tp, pp, m = setup.tensor_model_parallel_size, setup.pipeline_model_parallel_size, setup.m
-    h, f, a, g = arch.hidden_size, arch.ffn_hidden_size, arch.num_attention_heads, arch.groups
-    if h % a:
-        raise ValueError(f"hidden_size {h} is not divisible by num_attention_heads {a}")
-    if a % g:
-        raise ValueError(f"num_attention_heads {a} is not divisible by num_query_groups {g}")
+    h, f, g = arch.hidden_size, arch.ffn_hidden_size, arch.groups
+    heads_width = arch.num_attention_heads * arch.kv_channels
     if g % tp:  # heads are a multiple of groups, so they split too
         raise ValueError(f"num_query_groups {g} is not divisible by tensor-parallel size {tp}: "
                          "pick a TP size that divides it")
@@ -362,7 +342,7 @@ def check(arch: Architecture, setup: Setup) -> None:
         raise ValueError(f"num_layers {arch.num_layers} is not divisible by pipeline-parallel "
                          f"size {pp}")
     inputs = {"linear_qkv and linear_fc1 (hidden_size)": h,
-              "linear_proj (hidden_size / TP)": h // tp,
+              "linear_proj (num_attention_heads x kv_channels / TP)": heads_width // tp,
               "linear_fc2 (ffn_hidden_size / TP)": f // tp}
     for what, size in inputs.items():
         if size % m:
@@ -387,21 +367,20 @@ def _positive(name: str, value) -> None:
 def padded_vocab_size(vocab_size: int, *, tensor_model_parallel_size: int,
                       make_vocab_size_divisible_by: int = 128) -> int:
     """Embedding rows as Megatron-LM pads them: a multiple of divisor x TP."""
-    multiple = make_vocab_size_divisible_by * tensor_model_parallel_size
-    return -(-vocab_size // multiple) * multiple
+    return _padded(vocab_size, make_vocab_size_divisible_by * tensor_model_parallel_size)
 
 
-def stage_layers(arch: Architecture, setup: Setup, stage: int) -> range:
+def stage_layers(arch: ModelShape, setup: Setup, stage: int) -> range:
     """The global indices of the transformer layers on pipeline stage ``stage``."""
     per_stage = arch.num_layers // setup.pipeline_model_parallel_size
     return range(stage * per_stage, (stage + 1) * per_stage)
 
 
-def layer_masked_linears(arch: Architecture, setup: Setup) -> List[MaskedLinear]:
+def layer_masked_linears(arch: ModelShape, setup: Setup) -> List[MaskedLinear]:
     """One layer's masked linears as shards of one TP rank: column-parallel qkv and fc1 split
     rows, row-parallel proj and fc2 split inputs."""
     tp, h, d = setup.tensor_model_parallel_size, arch.hidden_size, arch.head_dim
-    fc1_rows = arch.ffn_hidden_size * (2 if arch.family == "llama" else 1)
+    fc1_rows = arch.ffn_hidden_size * (2 if arch.gated_linear_unit else 1)
     return [
         MaskedLinear("self_attention.linear_proj", h, arch.num_attention_heads * d // tp),
         MaskedLinear("self_attention.linear_qkv",
@@ -411,13 +390,14 @@ def layer_masked_linears(arch: Architecture, setup: Setup) -> List[MaskedLinear]
     ]
 
 
-def stage_parameters(arch: Architecture, setup: Setup, stage: int) -> List[Param]:
+def stage_parameters(arch: ModelShape, setup: Setup, stage: int) -> List[Param]:
     """Every parameter of one rank of ``stage``, in Megatron's order (local layer spec)."""
     tp, pp = setup.tensor_model_parallel_size, setup.pipeline_model_parallel_size
     h = arch.hidden_size
-    w, gpt = setup.weight_bytes, arch.family == "gpt"
+    w, bias = setup.weight_bytes, arch.add_bias_linear
     vocab = padded_vocab_size(arch.vocab_size, tensor_model_parallel_size=tp,
                               make_vocab_size_divisible_by=setup.make_vocab_size_divisible_by)
+    norm_bias = arch.normalization == "LayerNorm"
     train = setup.train_weights
     first, last = stage == 0, stage == pp - 1
     params: List[Param] = []
@@ -425,15 +405,15 @@ def stage_parameters(arch: Architecture, setup: Setup, stage: int) -> List[Param
     def weight(name, numel, shared=False):
         params.append(Param(name, numel, w, train, shared))
 
-    def norm(name):
-        weight(f"{name}.weight", h)
-        if gpt:
-            weight(f"{name}.bias", h)
+    def norm(name, width=h):
+        weight(f"{name}.weight", width)
+        if norm_bias:
+            weight(f"{name}.bias", width)
 
     if first:
         weight("embedding.word_embeddings.weight", vocab // tp * h,
                shared=arch.tied_embeddings and pp > 1)
-        if gpt:
+        if arch.position_embedding_type == "learned_absolute":
             weight("embedding.position_embeddings.weight", arch.max_position_embeddings * h)
     linears = {linear.name: linear for linear in layer_masked_linears(arch, setup)}
     biases = {"self_attention.linear_proj": h, "mlp.linear_fc2": h,  # row-parallel: not split
@@ -448,10 +428,13 @@ def stage_parameters(arch: Architecture, setup: Setup, stage: int) -> List[Param
             for name in names:
                 linear = linears[name]
                 weight(f"{prefix}.{name}.weight", linear.numel)
-                if gpt:
+                if bias or (arch.add_qkv_bias and name == "self_attention.linear_qkv"):
                     weight(f"{prefix}.{name}.bias", biases[name])
                 params.append(Param(f"{prefix}.{name}.mask_logits",
                                     linear.numel // setup.m * setup.candidates, 4, True))
+                if arch.qk_layernorm and name == "self_attention.linear_qkv":
+                    for qk in "qk":  # one norm over a head's width, replicated over TP
+                        norm(f"{prefix}.self_attention.{qk}_layernorm", arch.kv_channels)
     if last:
         norm("decoder.final_layernorm")
         if not arch.tied_embeddings or pp > 1:
@@ -553,23 +536,25 @@ def _sequence_parallel(setup: Setup) -> bool:
     return setup.sequence_parallel and setup.tensor_model_parallel_size > 1
 
 
-def activation_bytes_per_layer(arch: Architecture, setup: Setup) -> int:
+def activation_bytes_per_layer(arch: ModelShape, setup: Setup) -> int:
     """Estimate: what one transformer layer keeps for the backward, one micro-batch, no
     recomputation beyond ``setup.recompute_granularity == "selective"`` (module docstring)."""
     t, e = setup.tensor_model_parallel_size, setup.weight_bytes
     sb = setup.seq_length * setup.micro_batch_size
     h, f, a = arch.hidden_size, arch.ffn_hidden_size, arch.num_attention_heads
-    kv = arch.groups * arch.head_dim
+    q, kv = a * arch.kv_channels, arch.groups * arch.kv_channels
     u = t if _sequence_parallel(setup) else 1
     norms = 4 * e * sb * h // u  # each norm's input and its linear's input, twice
+    if arch.qk_layernorm:  # the query and key heads before their norms
+        norms += e * sb * (q + kv) // t
     if setup.recompute_granularity == "selective":
-        attention = e * sb * (2 * h + 2 * kv) // t
+        attention = e * sb * (2 * q + 2 * kv) // t
     elif setup.attention == "flash":
-        attention = e * sb * (2 * h + 2 * kv) // t + 4 * a * sb // t
+        attention = e * sb * (2 * q + 2 * kv) // t + 4 * a * sb // t
     else:
         softmax = 4 + (e if e != 4 else 0)
-        attention = 4 * e * sb * h // t + softmax * a * setup.seq_length * sb // t
-    mlp = (4 if arch.family == "llama" else 2) * e * sb * f // t
+        attention = 4 * e * sb * q // t + softmax * a * setup.seq_length * sb // t
+    mlp = (4 if arch.gated_linear_unit else 2) * e * sb * f // t
     return norms + attention + mlp
 
 
@@ -584,7 +569,7 @@ def microbatches_in_flight(setup: Setup, stage: int) -> int:
 
 # --- the estimate ---------------------------------------------------------------------------------
 
-def estimate(arch: Architecture, setup: Setup, *, gpu_memory_gib: float = 80.0) -> Estimate:
+def estimate(arch: ModelShape, setup: Setup, *, gpu_memory_gib: float = 80.0) -> Estimate:
     """The per-GPU breakdown of every pipeline stage."""
     check(arch, setup)
     tp, pp = setup.tensor_model_parallel_size, setup.pipeline_model_parallel_size
@@ -708,7 +693,7 @@ def _plural(count: int, noun: str) -> str:
 
 # --- command line ---------------------------------------------------------------------------------
 
-ARCH_KEYS = tuple(f.name for f in dataclasses.fields(Architecture))
+ARCH_KEYS = tuple(f.name for f in dataclasses.fields(ModelShape))
 SETUP_KEYS = tuple(f.name for f in dataclasses.fields(Setup))
 YAML_ALIASES = {"model_family": "family", "hard": "hard_sampling"}
 
@@ -744,8 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", help="training YAML (examples/configs/*.yaml keys)")
     source.add_argument("--model-family", dest="family", choices=FAMILIES)
     for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                 "num_query_groups", "max_position_embeddings"):
+                 "num_query_groups", "kv_channels", "max_position_embeddings"):
         source.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
+    for name in ("gated_linear_unit", "add_bias_linear", "add_qkv_bias", "qk_layernorm"):
+        source.add_argument("--" + name.replace("_", "-"), dest=name,
+                            action=argparse.BooleanOptionalAction,
+                            help="default: the family's")
     source.add_argument("--vocab-size", dest="vocab_size", type=int,
                         help="the tokenizer's vocabulary (padded as Megatron-LM pads it)")
     source.add_argument("--tied-embeddings", dest="tied_embeddings",
@@ -789,11 +778,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve(args: Dict[str, Any]) -> Tuple[Architecture, Setup]:
-    """Architecture and Setup from parsed flags (preset < YAML < flags)."""
+def resolve(args: Dict[str, Any]) -> Tuple[ModelShape, Setup]:
+    """ModelShape and Setup from parsed flags (preset < YAML < flags)."""
     options: Dict[str, Any] = {}
     if args.get("model"):
-        options.update(dataclasses.asdict(PRESETS[args["model"]]))
+        options.update(PRESET_OPTIONS[args["model"]])
     if args.get("config"):
         options.update(load_yaml(args["config"]))
     options.update({key: value for key, value in args.items()
@@ -806,7 +795,7 @@ def resolve(args: Dict[str, Any]) -> Tuple[Architecture, Setup]:
     if missing:
         raise ValueError("the model shape is incomplete: pass --model PRESET, --config FILE or "
                          + ", ".join("--" + name.replace("_", "-") for name in missing))
-    arch = Architecture(**{k: v for k, v in options.items() if k in ARCH_KEYS})
+    arch = ModelShape(**{k: v for k, v in options.items() if k in ARCH_KEYS})
     setup = Setup(**{k: v for k, v in options.items() if k in SETUP_KEYS})
     return arch, setup
 

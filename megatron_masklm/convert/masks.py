@@ -8,7 +8,7 @@ import torch
 
 from ..masking import group_counts, is_exact_nm, parse_nm, save_masks_npz
 from ..masking.compact import PackedMasks, read_packed_masks, save_masks_compact
-from ..mcore.model import ModelShape
+from ..architecture import HF_FAMILIES, ModelShape
 from .megatron_to_hf import load_megatron_checkpoint
 from .name_map import ParamMap, masked_hf_names, param_maps
 
@@ -78,13 +78,15 @@ def hf_mask_maps(shapes: Dict[str, Shape], shape: ModelShape) -> Tuple[Dict[str,
                                                                       Dict[str, Shape]]:
     """The name map's masked entries for the Megatron weights in ``shapes`` (global name ->
     unsharded shape): Megatron name -> ParamMap, and the shape of each HF weight they split into."""
+    if shape.family not in HF_FAMILIES:
+        raise ValueError(f"HF-named mask files map onto {HF_FAMILIES} models only; this model is "
+                         f"{shape.family!r}: pass a mask file under global Megatron names")
     maps = {pm.megatron: pm for pm in param_maps(shape, hf_vocab_size=shape.vocab_size)
             if pm.masked}
     unmapped = sorted(set(shapes) - set(maps))
-    if shape.family != "llama" or unmapped:
-        raise ValueError(f"HF-named mask files map onto LLaMA-family models only; this model "
-                         f"({shape.family}) has masked weights {unmapped[:3]} without a HF name: "
-                         f"pass a mask file under global Megatron names")
+    if unmapped:
+        raise ValueError(f"this model ({shape.family}) has masked weights {unmapped[:3]} without "
+                         "a HF name: pass a mask file under global Megatron names")
     maps = {name: maps[name] for name in shapes}
     hf_shapes = {}
     for name, pm in maps.items():  # the map's own split, on meta tensors: the HF shapes
@@ -110,7 +112,7 @@ def read_global_masks(path: str, shapes: Dict[str, Shape], *, n: int, m: int,
     """
     packed = read_packed_masks(path)
     hf_names: Dict[str, str] = {}
-    if shape is not None and shape.family == "llama":
+    if shape is not None and shape.family in HF_FAMILIES:
         hf_names = masked_hf_names(param_maps(shape, hf_vocab_size=shape.vocab_size))
     naming = mask_file_naming(path, packed.packed, megatron=shapes, hf=hf_names)
     if naming == HF_NAMES and shape is None:

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..masking import MaskConfig, parse_nm
-from ..mcore.model import ModelShape
+from ..architecture import ModelShape
 from .hf_config import hf_config_from_shape
 from .name_map import param_maps
 from ..fileio import atomic_output_dir
@@ -65,7 +65,7 @@ def checkpoint_sources(root: str, directory: str):
                      None)
     tokenizer = next((os.path.join(h, "tokenizer") for h in homes
                       if os.path.isdir(os.path.join(h, "tokenizer"))), None)
-    return ModelShape(**shape), (meta or {}).get("pattern"), hf_config, tokenizer
+    return ModelShape.from_dict(shape), (meta or {}).get("pattern"), hf_config, tokenizer
 
 
 def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None,

@@ -1,4 +1,5 @@
-"""The declarative map between HF LLaMA parameters and Megatron-Core GPT parameters.
+"""The declarative map between HF parameters (LLaMA, Mistral, Qwen2, Qwen3) and Megatron-Core
+GPT parameters.
 
 Megatron fuses q/k/v into ``linear_qkv`` rows laid out per query group ([q heads of group g;
 k_g; v_g] for each g) and gate/up into ``linear_fc1`` ([gate; up]). Both are row permutations,
@@ -9,7 +10,7 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from ..mcore.model import ModelShape
+from ..architecture import FAMILY_SWITCHES, HF_FAMILIES, ModelShape
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,7 @@ class ParamMap:
 
 
 def _qkv_layout(shape: ModelShape):
-    groups = shape.num_query_groups or shape.num_attention_heads
-    head_dim = shape.hidden_size // shape.num_attention_heads
+    groups, head_dim = shape.groups, shape.kv_channels
     per_group = shape.num_attention_heads // groups
     return groups, head_dim, per_group
 
@@ -55,8 +55,23 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
 
 
+def check_hf_layout(shape: ModelShape) -> None:
+    """``shape`` must be its family's HF layout: a switch set apart from the family's has no
+    HF parameter to go to (e.g. a "llama" shape with a QKV bias)."""
+    if shape.family not in HF_FAMILIES:
+        raise ValueError(f"a {shape.family!r} model has no Hugging Face layout: only "
+                         f"{HF_FAMILIES} convert")
+    differ = {name: getattr(shape, name) for name, value in FAMILY_SWITCHES[shape.family].items()
+              if getattr(shape, name) != value}
+    if differ:
+        raise ValueError(f"a {shape.family!r} model with {differ} has no Hugging Face layout: "
+                         f"{shape.family} has {FAMILY_SWITCHES[shape.family]}")
+
+
 def param_maps(shape: ModelShape, *, hf_vocab_size: int) -> List[ParamMap]:
-    """Every Megatron parameter of a dense LLaMA-family GPTModel (local spec) and its HF source."""
+    """Every Megatron parameter of a dense GPTModel (local spec) of an HF family and its HF
+    source."""
+    check_hf_layout(shape)
     vocab = shape.vocab_size
     maps = [ParamMap("embedding.word_embeddings.weight", ("model.embed_tokens.weight",),
                      lambda w: _pad_rows(w, vocab), lambda w: (w[:hf_vocab_size].contiguous(),))]
@@ -70,6 +85,16 @@ def param_maps(shape: ModelShape, *, hf_vocab_size: int) -> List[ParamMap]:
                      tuple(f"{attn}{p}_proj.weight" for p in "qkv"),
                      lambda q, k, v: fuse_qkv(q, k, v, shape=shape),
                      lambda w: split_qkv(w, shape=shape), masked=True),
+        ]
+        if shape.add_qkv_bias:  # Qwen2: the biases fuse like the weight rows (never masked)
+            maps.append(ParamMap(m + "self_attention.linear_qkv.bias",
+                                 tuple(f"{attn}{p}_proj.bias" for p in "qkv"),
+                                 lambda q, k, v: fuse_qkv(q, k, v, shape=shape),
+                                 lambda b: split_qkv(b, shape=shape)))
+        if shape.qk_layernorm:  # Qwen3: one RMSNorm over each head's width, shared by the heads
+            maps += [ParamMap(m + f"self_attention.{p}_layernorm.weight", (f"{attn}{p}_norm.weight",),
+                              _same, _one) for p in "qk"]
+        maps += [
             ParamMap(m + "self_attention.linear_proj.weight", (attn + "o_proj.weight",),
                      _same, _one, masked=True),
             ParamMap(m + "pre_mlp_layernorm.weight", (h + "post_attention_layernorm.weight",),

@@ -3,10 +3,10 @@
 Masked parallel linears, the spec transform, the model builder, version compatibility and
 the CPU (gloo) backend.
 """
+from ..architecture import ModelShape
 from .cpu_backend import enable_cpu_backend
 from .layers import MaskedColumnParallelLinear, MaskedLinearMixin, MaskedRowParallelLinear
 from .model import (
-    ModelShape,
     apply_mask_state,
     apply_mask_training_freeze,
     apply_prior_masks,

@@ -29,8 +29,20 @@ for _cls in (ColumnParallelLinear, RowParallelLinear):
         )
 
 
-def _supported_kwargs(fn, kwargs: dict) -> dict:
+def _supported_kwargs(fn, kwargs: dict, *, may_drop: tuple = ()) -> dict:
+    """``kwargs`` less those ``fn`` does not take. Only the names in ``may_drop`` (settings
+    whose absence changes nothing the model computes) may be dropped; any other is a feature
+    this megatron-core release cannot build, and an error rather than a silently different
+    model."""
     params = inspect.signature(fn).parameters
+    missing = [key for key in kwargs if key not in params and key not in may_drop]
+    if missing:
+        import megatron.core
+
+        raise ValueError(
+            f"megatron-core {getattr(megatron.core, '__version__', '?')}'s {fn.__qualname__} takes "
+            f"no {missing} (asked for {', '.join(f'{k}={kwargs[k]!r}' for k in missing)}): this "
+            "release cannot build that model; use a megatron-core that has it (setup.py's range)")
     return {key: value for key, value in kwargs.items() if key in params}
 
 
@@ -44,6 +56,7 @@ def initialize_model_parallel(*, tensor_model_parallel_size: int, pipeline_model
             pipeline_model_parallel_size=pipeline_model_parallel_size,
             distributed_timeout_minutes=distributed_timeout_minutes,
         ),
+        may_drop=("distributed_timeout_minutes",),
     ))
 
 

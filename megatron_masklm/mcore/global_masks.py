@@ -14,7 +14,8 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from . import compat
 from .layers import MaskedLinearMixin
-from .model import ModelShape, masked_linears
+from ..architecture import ModelShape
+from .model import masked_linears
 from .parallel import shard_global_tensor
 
 _LAYER_INDEX = re.compile(r"^(.*?layers\.)(\d+)(\..*)$")

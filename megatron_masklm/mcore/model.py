@@ -1,6 +1,6 @@
-"""Build masked LLaMA-family and GPT-style Megatron-Core models, and act on their masks."""
+"""Build masked Megatron-Core GPT models from a :class:`ModelShape`, and act on their masks."""
 import contextlib
-from dataclasses import dataclass
+import functools
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
@@ -8,55 +8,15 @@ import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 
+from ..architecture import ModelShape
 from ..masking import MaskConfig, MaskState, apply_prior_, is_exact_nm
 from . import compat
 from .attention import with_sdpa_attention
 from .layers import MaskedLinearMixin
 from .spec import MASKED_LINEAR_CLASSES, get_masked_gpt_layer_spec
 
-FAMILIES = ("llama", "gpt")
-
-
-@dataclass(kw_only=True)
-class ModelShape:
-    """Architecture of a decoder-only model; ``family`` picks LLaMA or GPT-style defaults."""
-
-    family: str = "llama"
-    """"llama": RMSNorm, SwiGLU, RoPE, no biases. "gpt": LayerNorm, GeLU, learned positions, biases."""
-    num_layers: int
-    """Transformer layers."""
-    hidden_size: int
-    """Model width."""
-    ffn_hidden_size: int
-    """MLP width (of each of gate and up for SwiGLU)."""
-    num_attention_heads: int
-    """Query heads."""
-    num_query_groups: Optional[int] = None
-    """Key/value heads for grouped-query attention; None means one per attention head."""
-    vocab_size: int
-    """Embedding rows (padded vocabulary); divisible by the tensor-parallel size."""
-    max_position_embeddings: int = 4096
-    """Longest sequence the model is built for."""
-    rotary_base: float = 10000.0
-    """RoPE theta."""
-    norm_eps: float = 1e-5
-    """Epsilon of RMSNorm / LayerNorm."""
-    rope_scaling_factor: Optional[float] = None
-    """LLaMA-3.1-style RoPE scaling factor (low/high frequency factors 1/4, original context
-    8192: Megatron-Core's fixed values); None means no scaling."""
-    tied_embeddings: bool = False
-    """Share the input embedding with the output head (SmolLM2, GPT-2 style)."""
-
-    def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"family {self.family!r} is not one of {FAMILIES}")
-        groups = self.num_query_groups or self.num_attention_heads
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
-        if self.num_attention_heads % groups:
-            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
-                             f"num_query_groups {groups}")
+ACTIVATION_FUNCTIONS = {"silu": F.silu, "gelu": F.gelu,
+                        "gelu_tanh": functools.partial(F.gelu, approximate="tanh")}
 
 
 def build_transformer_config(
@@ -71,26 +31,27 @@ def build_transformer_config(
 ) -> TransformerConfig:
     """Megatron TransformerConfig for ``shape``; fused kernels off where CUDA is absent."""
     on_gpu = torch.cuda.is_available()
-    groups = shape.num_query_groups or shape.num_attention_heads
+    groups = shape.groups
     if groups % tensor_model_parallel_size:
         raise ValueError(f"num_query_groups {groups} is not divisible by tensor-parallel size "
                          f"{tensor_model_parallel_size}: pick a TP size that divides it")
     if shape.num_layers % pipeline_model_parallel_size:
         raise ValueError(f"num_layers {shape.num_layers} is not divisible by pipeline-parallel "
                          f"size {pipeline_model_parallel_size}")
-    llama = shape.family == "llama"
     kwargs = dict(
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
         ffn_hidden_size=shape.ffn_hidden_size,
         num_attention_heads=shape.num_attention_heads,
         num_query_groups=groups,
-        kv_channels=shape.hidden_size // shape.num_attention_heads,
+        kv_channels=shape.kv_channels,
         layernorm_epsilon=shape.norm_eps,
-        normalization="RMSNorm" if llama else "LayerNorm",
-        gated_linear_unit=llama,
-        activation_func=F.silu if llama else F.gelu,
-        add_bias_linear=not llama,
+        normalization=shape.normalization,
+        gated_linear_unit=shape.gated_linear_unit,
+        activation_func=ACTIVATION_FUNCTIONS[shape.activation],
+        add_bias_linear=shape.add_bias_linear,
+        add_qkv_bias=shape.add_qkv_bias,
+        qk_layernorm=shape.qk_layernorm,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         tensor_model_parallel_size=tensor_model_parallel_size,
@@ -100,7 +61,7 @@ def build_transformer_config(
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_cpu_initialization=(not on_gpu) if use_cpu_initialization is None else use_cpu_initialization,
         gradient_accumulation_fusion=False,
-        bias_activation_fusion=on_gpu and not llama,
+        bias_activation_fusion=on_gpu and shape.add_bias_linear,
         bias_dropout_fusion=on_gpu,
         masked_softmax_fusion=on_gpu and compat.HAVE_TE,
         apply_rope_fusion=False,
@@ -148,7 +109,8 @@ def build_masked_gpt_model(
     """
     config = config or build_transformer_config(shape)
     use_te = use_transformer_engine("auto") if use_te is None else use_te
-    spec = get_masked_gpt_layer_spec(mask_config, use_te=use_te, normalization=config.normalization)
+    spec = get_masked_gpt_layer_spec(mask_config, use_te=use_te, normalization=config.normalization,
+                                     qk_layernorm=config.qk_layernorm)
     if sdpa_attention:
         spec = with_sdpa_attention(spec)
     model = _gpt_model(shape, config, spec, pre_process=pre_process, post_process=post_process)
@@ -170,7 +132,8 @@ def build_dense_gpt_model(shape: ModelShape, *, config: Optional[TransformerConf
     (its state-dict keys are the masked model's minus the logits). ``sdpa_attention`` computes
     the local spec's causal attention with torch's fused kernel (same maths, faster on CPU)."""
     config = config or build_transformer_config(shape)
-    spec = compat.gpt_layer_spec(use_te=use_te, normalization=config.normalization)
+    spec = compat.gpt_layer_spec(use_te=use_te, normalization=config.normalization,
+                                qk_layernorm=config.qk_layernorm)
     if sdpa_attention:
         spec = with_sdpa_attention(spec)
     model = _gpt_model(shape, config, spec, pre_process=pre_process, post_process=post_process)
@@ -193,7 +156,7 @@ def _gpt_model(shape: ModelShape, config: TransformerConfig, spec, *, pre_proces
         pre_process=pre_process,
         post_process=post_process,
         share_embeddings_and_output_weights=shape.tied_embeddings,
-        position_embedding_type="rope" if shape.family == "llama" else "learned_absolute",
+        position_embedding_type=shape.position_embedding_type,
         rotary_base=shape.rotary_base,
         **({"rope_scaling": True, "rope_scaling_factor": shape.rope_scaling_factor}
            if shape.rope_scaling_factor else {}),

@@ -17,6 +17,7 @@ import textwrap
 import typing
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..architecture import padded_vocab_size
 from ..masking import parse_nm
 from .config import SECTION_CLASSES, RunConfig
 
@@ -184,7 +185,7 @@ def _checkpoint_vocab(vocab_size: int, shape: Dict[str, Any], sections) -> int:
     LLaMA-2's 32000) pads to them as Megatron-LM pads it; otherwise a clear error."""
     multiple = (sections["data"].get("make_vocab_size_divisible_by", 128)
                 * sections["parallel"].get("tensor_model_parallel_size", 1))
-    if -(-vocab_size // multiple) * multiple == shape["vocab_size"]:
+    if padded_vocab_size(vocab_size, multiple) == shape["vocab_size"]:
         return shape["vocab_size"]
     raise ValueError(f"vocab_size {vocab_size} does not match the checkpoint's "
                      f"{shape['vocab_size']} embedding rows ({MODEL_SHAPE_FILE}), even padded to a "
@@ -209,7 +210,7 @@ def _resolve_tokenizer(sections: Dict[str, Dict[str, Any]], pretrained: Optional
     tokenizer = build_tokenizer(data["tokenizer_type"], tokenizer_model=data.get("tokenizer_model"))
     multiple = (data.get("make_vocab_size_divisible_by", 128)
                 * sections["parallel"].get("tensor_model_parallel_size", 1))
-    model["vocab_size"] = -(-tokenizer.vocab_size // multiple) * multiple
+    model["vocab_size"] = padded_vocab_size(tokenizer.vocab_size, multiple)
 
 
 def run_config_from_args(argv: Optional[Sequence[str]] = None) -> RunConfig:

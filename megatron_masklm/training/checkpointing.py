@@ -24,7 +24,8 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from ..mcore import compat, safe_load
-from ..mcore.model import ModelShape, load_model_tensors, without_te_extra_state
+from ..architecture import ModelShape
+from ..mcore.model import load_model_tensors, without_te_extra_state
 from .arguments import MODEL_SHAPE_FILE
 from .config import RunConfig
 

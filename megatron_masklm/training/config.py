@@ -10,8 +10,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..architecture import ModelShape
 from ..masking import MaskConfig
-from ..mcore.model import TRANSFORMER_IMPLS, ModelShape
+from ..mcore.model import TRANSFORMER_IMPLS
 
 LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
 RECOMPUTE_CHOICES = ("full", "selective")

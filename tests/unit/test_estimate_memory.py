@@ -22,7 +22,8 @@ import sys
 import pytest
 
 from megatron_masklm import memory
-from megatron_masklm.memory import Architecture, Setup, estimate
+from megatron_masklm.architecture import ModelShape
+from megatron_masklm.memory import Setup, estimate
 from megatron_masklm.training.state_bytes import training_state_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,11 +35,17 @@ STATIC_KEYS = EXACT_KEYS[:5]
 
 # Odd sizes on purpose: several logits tensors are not multiples of 64 elements, so the
 # distributed optimizer's padding is not zero; the vocabulary (100) is padded to 128.
-LLAMA_GQA = Architecture(family="llama", num_layers=2, hidden_size=40, ffn_hidden_size=72,
+LLAMA_GQA = ModelShape(family="llama", num_layers=2, hidden_size=40, ffn_hidden_size=72,
                          num_attention_heads=4, num_query_groups=2, vocab_size=100,
                          max_position_embeddings=64)
-GPT_MHA = Architecture(family="gpt", num_layers=2, hidden_size=48, ffn_hidden_size=88,
+GPT_MHA = ModelShape(family="gpt", num_layers=2, hidden_size=48, ffn_hidden_size=88,
                        num_attention_heads=4, vocab_size=100, max_position_embeddings=64)
+QWEN2_GQA = ModelShape(family="qwen2", num_layers=2, hidden_size=40, ffn_hidden_size=72,
+                       num_attention_heads=4, num_query_groups=2, vocab_size=100,
+                       max_position_embeddings=64)  # a bias on linear_qkv only
+QWEN3_GQA = ModelShape(family="qwen3", num_layers=2, hidden_size=40, ffn_hidden_size=72,
+                       num_attention_heads=4, num_query_groups=2, kv_channels=12,
+                       vocab_size=100, max_position_embeddings=64)  # QK-norm, heads 4 x 12 != 40
 
 CASES = {
     # name: (architecture, setup); micro-batch 2 x 48 tokens, attention through torch's fused
@@ -51,6 +58,9 @@ CASES = {
     "llama_gqa_tied_fp32_distopt_train_weights": (
         dataclasses.replace(LLAMA_GQA, tied_embeddings=True), Setup(train_weights=True)),
     "llama_gqa_untied_bf16_adam": (LLAMA_GQA, Setup(bf16=True, use_distributed_optimizer=False)),
+    "qwen2_gqa_untied_fp32_distopt_train_weights": (QWEN2_GQA, Setup(train_weights=True)),
+    "qwen3_gqa_tied_bf16_adam": (dataclasses.replace(QWEN3_GQA, tied_embeddings=True),
+                                 Setup(bf16=True, use_distributed_optimizer=False)),
 }
 BATCH = dict(micro_batch_size=2, seq_length=48, attention="flash")
 
@@ -59,7 +69,7 @@ def case_setup(setup: Setup, **overrides) -> Setup:
     return dataclasses.replace(setup, **{**BATCH, **overrides})
 
 
-def run_options(arch: Architecture, setup: Setup) -> dict:
+def run_options(arch: ModelShape, setup: Setup) -> dict:
     """Training options (what the CLI / YAML would give) for ``arch`` trained with ``setup``."""
     vocab = memory.padded_vocab_size(
         arch.vocab_size, tensor_model_parallel_size=setup.tensor_model_parallel_size,
@@ -68,7 +78,7 @@ def run_options(arch: Architecture, setup: Setup) -> dict:
     return dict(
         family=arch.family, num_layers=arch.num_layers, hidden_size=arch.hidden_size,
         ffn_hidden_size=arch.ffn_hidden_size, num_attention_heads=arch.num_attention_heads,
-        num_query_groups=arch.num_query_groups, vocab_size=vocab,
+        num_query_groups=arch.num_query_groups, kv_channels=arch.kv_channels, vocab_size=vocab,
         max_position_embeddings=arch.max_position_embeddings,
         tied_embeddings=arch.tied_embeddings, pattern=f"{setup.n}:{setup.m}",
         tensor_model_parallel_size=setup.tensor_model_parallel_size,
@@ -182,6 +192,11 @@ def test_the_cases_cover_what_they_claim(measured):
     mask_only = measured["llama_gqa_untied_bf16_adam"]
     assert mask_only["optimizer_states"] == 2 * mask_only["mask_logits"]  # logits only, no copy
     assert mask_only["grad_buffers"] == mask_only["mask_logits"]
+    names = {name: [n for n, _ in measured[name]["parameters"]] for name in CASES}
+    assert "decoder.layers.0.self_attention.linear_qkv.bias" in names["qwen2_gqa_untied_fp32_distopt_train_weights"]
+    assert not any(n.endswith("linear_proj.bias") for n in names["qwen2_gqa_untied_fp32_distopt_train_weights"])
+    assert ("decoder.layers.0.self_attention.q_layernorm.weight"
+            in names["qwen3_gqa_tied_bf16_adam"])
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -285,23 +300,22 @@ def test_dp_sharding_splits_optimizer_state_over_ranks():
     (dict(hidden_size=4098, num_attention_heads=2, num_query_groups=2), 1, 1,
      "linear_qkv and linear_fc1 (hidden_size) is 4098, not divisible by M=4"),
     (dict(hidden_size=4080, num_attention_heads=24, num_query_groups=24), 8, 1,
-     "linear_proj (hidden_size / TP) is 510, not divisible by M=4"),
+     "linear_proj (num_attention_heads x kv_channels / TP) is 510, not divisible by M=4"),
     (dict(ffn_hidden_size=1544), 8, 1, "linear_fc2 (ffn_hidden_size / TP) is 193"),
     (dict(num_attention_heads=12, num_query_groups=12, hidden_size=1536), 8, 1,
      "num_query_groups 12 is not divisible by tensor-parallel size 8"),
     (dict(ffn_hidden_size=11004), 8, 1,
      "ffn_hidden_size 11004 is not divisible by tensor-parallel"),
     (dict(num_layers=30), 1, 4, "num_layers 30 is not divisible by pipeline-parallel size 4"),
-    (dict(hidden_size=4100), 1, 1, "not divisible by num_attention_heads"),
+    (dict(hidden_size=4100), 1, 1, "not divisible by num_attention_heads 32: set kv_channels"),
     (dict(num_query_groups=5), 1, 1,
      "num_attention_heads 32 is not divisible by num_query_groups 5"),
     (dict(family="bert"), 1, 1, "family 'bert' is not one of"),
 ])
 def test_bad_shapes_are_clear_errors(overrides, tp, pp, message):
-    arch = dataclasses.replace(memory.PRESETS["llama2-7b"], **overrides)
     setup = Setup(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     with pytest.raises(ValueError, match=re.escape(message)):
-        estimate(arch, setup)
+        estimate(ModelShape(**{**memory.PRESET_OPTIONS["llama2-7b"], **overrides}), setup)
 
 
 def test_other_patterns_use_their_candidate_count():

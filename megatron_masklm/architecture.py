@@ -1,0 +1,136 @@
+"""A decoder-only model's architecture, with no Megatron import.
+
+One description read by the Megatron builder (``mcore.model``), the HF converters
+(``convert``), the memory estimator (``memory``) and the training config. ``family`` names the
+Hugging Face layout a model converts to and from; every behaviour is an explicit switch below,
+and a switch left unset takes the family's value (:data:`FAMILY_SWITCHES`), so a
+``model_shape.json`` written before the switches existed still reads the same.
+"""
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional
+
+_LLAMA = dict(normalization="RMSNorm", gated_linear_unit=True, activation="silu",
+              add_bias_linear=False, add_qkv_bias=False, qk_layernorm=False,
+              position_embedding_type="rope")
+
+FAMILY_SWITCHES: Dict[str, Dict[str, Any]] = {
+    "llama": _LLAMA,                                 # LLaMA-2/3/3.1, SmolLM2
+    "mistral": _LLAMA,                               # the LLaMA layout, Mistral's HF names
+    "qwen2": {**_LLAMA, "add_qkv_bias": True},       # Qwen2 / Qwen2.5
+    "qwen3": {**_LLAMA, "qk_layernorm": True},       # Qwen3 dense
+    "gpt": dict(normalization="LayerNorm", gated_linear_unit=False, activation="gelu",
+                add_bias_linear=True, add_qkv_bias=False, qk_layernorm=False,
+                position_embedding_type="learned_absolute"),
+}
+"""The switches each family implies. "gpt" (GPT-2 style) has no HF conversion."""
+
+FAMILIES = tuple(FAMILY_SWITCHES)
+HF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+"""Families with a Hugging Face name map (conversion, HF-named mask files)."""
+
+NORMALIZATIONS = ("RMSNorm", "LayerNorm")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+POSITION_EMBEDDINGS = ("rope", "learned_absolute")
+
+
+@dataclass(kw_only=True)
+class ModelShape:
+    """Architecture of a decoder-only transformer (Megatron-Core's option names)."""
+
+    family: str = "llama"
+    """Hugging Face layout and the defaults of the switches below: llama, mistral, qwen2, qwen3,
+    or gpt (GPT-2 style: LayerNorm, GeLU, learned positions, biases; no HF conversion)."""
+    num_layers: int
+    """Transformer layers."""
+    hidden_size: int
+    """Model width."""
+    ffn_hidden_size: int
+    """MLP width (of each of gate and up for a gated linear unit)."""
+    num_attention_heads: int
+    """Query heads."""
+    num_query_groups: Optional[int] = None
+    """Key/value heads for grouped-query attention; None means one per attention head."""
+    kv_channels: Optional[int] = None
+    """Width of one attention head; None means hidden_size / num_attention_heads (Qwen3 and
+    Gemma set it apart)."""
+    vocab_size: int
+    """Embedding rows (padded vocabulary, see :func:`padded_vocab_size`); divisible by TP."""
+    max_position_embeddings: int = 4096
+    """Longest sequence the model is built for."""
+    normalization: Optional[str] = None
+    """RMSNorm or LayerNorm (None: the family's)."""
+    norm_eps: float = 1e-5
+    """Epsilon of every norm."""
+    gated_linear_unit: Optional[bool] = None
+    """MLP fc1 holds [gate; up] halves (SwiGLU/GeGLU) (None: the family's)."""
+    activation: Optional[str] = None
+    """silu, gelu or gelu_tanh (None: the family's)."""
+    add_bias_linear: Optional[bool] = None
+    """Biases on every linear (None: the family's)."""
+    add_qkv_bias: Optional[bool] = None
+    """A bias on the fused QKV projection only, as Qwen2 has (None: the family's)."""
+    qk_layernorm: Optional[bool] = None
+    """Normalise each query and key head before RoPE, as Qwen3 does (None: the family's)."""
+    position_embedding_type: Optional[str] = None
+    """rope or learned_absolute (None: the family's)."""
+    rotary_base: float = 10000.0
+    """RoPE theta."""
+    rope_scaling_factor: Optional[float] = None
+    """LLaMA-3.1-style RoPE scaling factor (low/high frequency factors 1/4, original context
+    8192: Megatron-Core's fixed values); None means no scaling."""
+    tied_embeddings: bool = False
+    """Share the input embedding with the output head (SmolLM2, GPT-2 style)."""
+
+    def __post_init__(self):
+        if self.family not in FAMILY_SWITCHES:
+            raise ValueError(f"family {self.family!r} is not one of {FAMILIES}")
+        for name, value in FAMILY_SWITCHES[self.family].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name, value, allowed in (("normalization", self.normalization, NORMALIZATIONS),
+                                     ("activation", self.activation, ACTIVATIONS),
+                                     ("position_embedding_type", self.position_embedding_type,
+                                      POSITION_EMBEDDINGS)):
+            if value not in allowed:
+                raise ValueError(f"{name} {value!r} is not one of {allowed}")
+        if self.kv_channels is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                                 f"num_attention_heads {self.num_attention_heads}: set "
+                                 "kv_channels (the head width) explicitly")
+            self.kv_channels = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.groups:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                             f"num_query_groups {self.groups}")
+
+    @property
+    def groups(self) -> int:
+        """Key/value heads."""
+        return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Whether the fused QKV projection has a bias (either switch gives it one)."""
+        return self.add_bias_linear or self.add_qkv_bias
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "ModelShape":
+        """A shape from ``model_shape.json``; a key this version does not know is an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"model shape keys {unknown} are not known to this version of "
+                             "megatron_masklm: the checkpoint was written by a newer one")
+        return cls(**values)
+
+
+def padded_vocab_size(vocab_size: int, multiple: int) -> int:
+    """Embedding rows as Megatron-LM pads a vocabulary: the next multiple of ``multiple``
+    (make_vocab_size_divisible_by x tensor-parallel size)."""
+    if vocab_size <= 0 or multiple <= 0:
+        raise ValueError(f"vocab_size {vocab_size} and its multiple {multiple} must be positive")
+    return -(-vocab_size // multiple) * multiple
