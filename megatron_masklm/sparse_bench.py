@@ -206,7 +206,7 @@ class SemiStructuredLinear(torch.nn.Module):
 
 def select_semi_structured_linears(model: torch.nn.Module, *, constraints: Constraints,
                                    n: int = 2, m: int = 4) -> Tuple[List[str], Dict[str, str]]:
-    """Which ``nn.Linear`` modules of a HF LLaMA-family model to swap, and why others are not.
+    """Which ``nn.Linear`` modules of a HF LLaMA-family (or Qwen) model to swap, and why others are not.
 
     Swapped: the decoder linears MaskLLM masks (q/k/v/o, gate/up/down) whose weight keeps at
     most N of every M inputs and fits the kernel's shape multiples. Everything else (the LM

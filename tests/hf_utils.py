@@ -1,17 +1,42 @@
-"""Tiny Hugging Face LLaMA checkpoints for tests (needs transformers)."""
+"""Tiny Hugging Face checkpoints (LLaMA, Mistral, Qwen2, Qwen3) for tests (needs transformers)."""
 import torch
 import transformers
 
 
+FAMILY_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+}
+FAMILY_EXTRAS = {
+    "mistral": dict(sliding_window=None, head_dim=16),
+    "qwen3": dict(head_dim=24),  # set apart from hidden / heads (16), as Qwen3's 128 is
+}
+
+
 def tiny_llama(directory, *, tied=False, rope_scaling=None, seed=0, **overrides):
     """A random LLaMA (GQA 4/2, SwiGLU) saved by transformers itself."""
+    return tiny_model(directory, "llama", tied=tied, rope_scaling=rope_scaling, seed=seed,
+                      **overrides)
+
+
+def tiny_model(directory, family, *, tied=False, rope_scaling=None, seed=0, **overrides):
+    """A random model of ``family`` (GQA 4/2, SwiGLU; Qwen2's QKV bias, Qwen3's QK-norm and
+    head width) saved by transformers itself. Biases and norms are random too, so a bias or
+    norm weight that went to the wrong place shows in the logits."""
     config = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                   tie_word_embeddings=tied, rms_norm_eps=1e-5, rope_theta=5000.0,
-                  rope_scaling=rope_scaling)
+                  rope_scaling=rope_scaling, **FAMILY_EXTRAS.get(family, {}))
     config.update(overrides)
+    config_cls, model_cls = FAMILY_CLASSES[family]
     torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(torch.randn_like(param) * 0.1)
     model.save_pretrained(directory)
     (directory / "tokenizer.json").write_text('{"fake": "tokenizer"}')
     return model

@@ -1,4 +1,6 @@
-"""Convert a Hugging Face LLaMA-family checkpoint (directory or .gguf file) to a Megatron-Core
+"""Convert a Hugging Face checkpoint (directory or .gguf file) to a Megatron-Core dist checkpoint.
+
+Families: LLaMA-2/3/3.1, SmolLM2, Mistral, Qwen2/2.5, Qwen3. The checkpoint is written as a
 dist checkpoint with model_shape.json and the tokenizer alongside.
 
     python tools/convert_hf_to_megatron.py --load-dir HF_DIR_OR_GGUF --save-dir OUT \

@@ -1,4 +1,4 @@
-"""HF LLaMA-family checkpoint -> Megatron-Core dist checkpoint, one tensor at a time.
+"""HF checkpoint (LLaMA, Mistral, Qwen2, Qwen3) -> Megatron-Core dist checkpoint, one tensor at a time.
 
 The output is a torch_dist checkpoint of the dense GPTModel (local-spec keys, which are also
 the Transformer Engine spec's keys), readable at any TP/PP size, laid out as Megatron-LM lays out
@@ -186,8 +186,8 @@ def _check_names(checkpoint: HFCheckpoint, maps, shape) -> None:
                          f"e.g. {missing[:3]}: the checkpoint is incomplete")
     extra = sorted(present - wanted - ({"lm_head.weight"} if shape.tied_embeddings else set()))
     if extra:
-        raise ValueError(f"{checkpoint.path!r} has tensors a LLaMA-family model does not, e.g. "
-                         f"{extra[:3]}: the architecture is not supported")
+        raise ValueError(f"{checkpoint.path!r} has tensors a {shape.family} model of this config does "
+                         f"not, e.g. {extra[:3]}: the architecture is not supported")
 
 
 def _dtype(name) -> torch.dtype:

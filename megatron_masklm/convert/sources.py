@@ -19,7 +19,8 @@ IGNORED_TENSORS = ("rotary_emb.inv_freq",)
 
 
 class HFCheckpoint:
-    """A HF LLaMA-family checkpoint: its config, tensor names, tensors on demand, tokenizer."""
+    """A HF checkpoint (LLaMA, Mistral, Qwen2, Qwen3): its config, tensor names, tensors on
+    demand, tokenizer."""
 
     def __init__(self, path: str):
         self.path = path
@@ -84,7 +85,7 @@ class HFCheckpoint:
         file = self._files.get(name)
         if file is None:
             raise ValueError(f"{self.path!r} has no tensor {name!r}: the checkpoint is incomplete "
-                             "or not a LLaMA-family model")
+                             "or not of a family this tool converts")
         handle = self._open[file]
         if isinstance(handle, dict):
             return handle[name]

@@ -19,15 +19,12 @@ SHAPE_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_hea
               "num_query_groups", "vocab_size", "max_position_embeddings")
 
 
-def _hf_and_megatron(tmp_path):
+def _hf_and_megatron(tmp_path, family="llama"):
+    from hf_utils import tiny_model
+
     from megatron_masklm.convert import convert_hf_to_megatron
 
-    config = transformers.LlamaConfig(
-        vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    model.save_pretrained(tmp_path / "hf")
+    model = tiny_model(tmp_path / "hf", family)
     convert_hf_to_megatron(str(tmp_path / "hf"), str(tmp_path / "mg"), tensor_model_parallel_size=2,
                            dtype="float32", make_vocab_size_divisible_by=16, progress=False)
     return model
@@ -42,7 +39,7 @@ def _tp2_logits(*, rank, init_method, checkpoint, tokens):
     from megatron_masklm import mcore
 
     mcore.initialize_distributed(tensor_model_parallel_size=2, init_method=init_method)
-    shape = mcore.ModelShape(**json.load(open(os.path.join(checkpoint, "model_shape.json"))))
+    shape = mcore.ModelShape.from_dict(json.load(open(os.path.join(checkpoint, "model_shape.json"))))
     model = mcore.build_dense_gpt_model(
         shape, config=mcore.build_transformer_config(shape, tensor_model_parallel_size=2))
     state = dist_checkpointing.load(model.sharded_state_dict(), os.path.join(checkpoint, "release"))
@@ -55,8 +52,11 @@ def _tp2_logits(*, rank, init_method, checkpoint, tokens):
     return torch.cat(parts, dim=-1)  # the vocabulary is split over TP ranks
 
 
-def test_megatron_logits_equal_transformers_at_tp2(tmp_path):
-    reference = _hf_and_megatron(tmp_path)
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_megatron_logits_equal_transformers_at_tp2(tmp_path, family):
+    """Qwen2's fused QKV bias is split over the ranks like the weight rows; Qwen3's per-head
+    QK-norm is replicated."""
+    reference = _hf_and_megatron(tmp_path, family)
     tokens = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = reference(tokens).logits

@@ -24,6 +24,19 @@ LLAMA2_SHAPES = {
 }
 LLAMA2_COMMON = dict(family="llama", vocab_size=32000, max_position_embeddings=4096,
                      rotary_base=10000.0, norm_eps=1e-5, tied_embeddings=False)
+# Independent reference: the HF config.json of Qwen/Qwen2.5-7B and Qwen/Qwen3-8B.
+QWEN_SHAPES = {
+    "qwen2_5_7b": dict(family="qwen2", num_layers=28, hidden_size=3584, ffn_hidden_size=18944,
+                       num_attention_heads=28, num_query_groups=4, kv_channels=128,
+                       vocab_size=152064, max_position_embeddings=32768, rotary_base=1e6,
+                       norm_eps=1e-6, tied_embeddings=False, add_qkv_bias=True,
+                       qk_layernorm=False, tensor_model_parallel_size=4),
+    "qwen3_8b": dict(family="qwen3", num_layers=36, hidden_size=4096, ffn_hidden_size=12288,
+                     num_attention_heads=32, num_query_groups=8, kv_channels=128,
+                     max_position_embeddings=40960, rotary_base=1e6, norm_eps=1e-6,
+                     tied_embeddings=False, add_qkv_bias=False, qk_layernorm=True,
+                     tensor_model_parallel_size=8),
+}
 RECIPE = dict(tensor_model_parallel_size=8, bf16=True, sequence_parallel=True,
               global_batch_size=256, micro_batch_size=1, seq_length=4096, train_iters=2000,
               n=2, m=4, lr=5e-4, min_lr=5e-5, lr_decay_style="cosine", lr_warmup_iters=0,
@@ -54,7 +67,24 @@ def test_every_config_is_a_valid_run_config(path):
 
 
 def test_the_configs_that_exist():
-    assert {p.stem for p in CONFIGS} >= {"llama2_7b", "llama2_13b", "tiny_cpu"}
+    assert {p.stem for p in CONFIGS} >= {"llama2_7b", "llama2_13b", "qwen2_5_7b", "qwen3_8b",
+                                         "tiny_cpu"}
+
+
+@pytest.mark.parametrize("name", sorted(QWEN_SHAPES))
+def test_qwen_configs_have_the_hf_shape_the_recipe_and_a_memory_preset(name):
+    from megatron_masklm import memory
+
+    _, config = _config(EXAMPLES / "configs" / f"{name}.yaml")
+    flat = _flat(config)
+    recipe = {k: v for k, v in RECIPE.items() if k != "tensor_model_parallel_size"}
+    for key, expected in {**QWEN_SHAPES[name], **recipe}.items():
+        assert flat[key] == pytest.approx(expected) if isinstance(expected, float) \
+            else flat[key] == expected, (key, flat[key], expected)
+    assert flat["tokenizer_type"] == "HuggingFaceTokenizer"
+    preset = memory.PRESETS[name.replace("_5", ".5").replace("_", "-")]
+    assert {k: getattr(preset, k) for k in QWEN_SHAPES[name] if hasattr(preset, k)} == {
+        k: flat[k] for k in QWEN_SHAPES[name] if hasattr(preset, k)}
 
 
 @pytest.mark.parametrize("name", sorted(LLAMA2_SHAPES))
