@@ -1,5 +1,5 @@
 """Dense vs 2:4 semi-structured sparse time on one CUDA GPU (bf16): LLaMA-2 7B/13B linear GEMMs
-at prefill and decode sizes, and optionally a 2:4 HF model; see megatron_masklm/sparse_bench.py.
+at prefill and decode sizes, and optionally a 2:4 HF model; see megatron_masklm/hf/sparse_bench.py.
 
     python tools/bench_sparse.py                                   # GEMMs, 7b and 13b shapes
     python tools/bench_sparse.py --hf-dir hf/llama2-7b-2of4 --json # plus the exported model
@@ -8,7 +8,7 @@ Without a CUDA GPU of compute capability >= 8.0 it exits 2 with a message saying
 """
 import sys
 
-from megatron_masklm.sparse_bench import main
+from megatron_masklm.hf.sparse_bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

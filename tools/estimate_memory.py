@@ -6,11 +6,11 @@ gradient buffers, optimizer states and saved mask tensors (exact), activations (
     python tools/estimate_memory.py --config examples/configs/llama2_13b.yaml \
         --data-parallel-size 8 --json
 
-``--help`` lists every option; the formulas and worked examples are in megatron_masklm/memory.py.
+``--help`` lists every option; the formulas and worked examples are in megatron_masklm/training/memory.py.
 """
 import sys
 
-from megatron_masklm.memory import main
+from megatron_masklm.training.memory import main
 
 if __name__ == "__main__":
     sys.exit(main())

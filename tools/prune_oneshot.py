@@ -6,11 +6,11 @@ a HF checkpoint; writes the masks as a prior that training's --prior-mask reads.
     python tools/prune_oneshot.py --hf-checkpoint HF_DIR --method wanda --calib-text train.txt \
         --output-mask prior.npz --hf-masks hf_masks.npz
 
-``--help`` lists every option; see megatron_masklm/prune.py.
+``--help`` lists every option; see megatron_masklm/oneshot/checkpoint.py.
 """
 import sys
 
-from megatron_masklm.prune import main
+from megatron_masklm.oneshot.checkpoint import main
 
 if __name__ == "__main__":  # required: the dist-checkpoint writer re-imports __main__
     sys.exit(main())

@@ -35,7 +35,7 @@ def step_times(checkpoint: str, tokens: torch.Tensor, repeats: int) -> dict:
     """Median seconds of each variant over ``repeats`` interleaved rounds (after one warm-up)."""
     from megatron_masklm import mcore
     from megatron_masklm.masking import MaskConfig, MaskState
-    from megatron_masklm.training.checkpointing import load_dense_weights
+    from megatron_masklm.checkpoints import load_dense_weights
 
     from megatron.core import tensor_parallel
 
@@ -139,14 +139,9 @@ def state_bytes(checkpoint: str) -> dict:
 
 def _estimate(shape) -> dict:
     """tools/estimate_memory.py's exact items for the same run (fp32, TP = PP = DP = 1)."""
-    from megatron_masklm.memory import Architecture, Setup, estimate
+    from megatron_masklm.training.memory import Setup, estimate
 
-    arch = Architecture(family=shape.family, num_layers=shape.num_layers,
-                        hidden_size=shape.hidden_size, ffn_hidden_size=shape.ffn_hidden_size,
-                        num_attention_heads=shape.num_attention_heads,
-                        num_query_groups=shape.num_query_groups, vocab_size=shape.vocab_size,
-                        max_position_embeddings=shape.max_position_embeddings,
-                        tied_embeddings=shape.tied_embeddings)
+    arch = shape  # the same ModelShape the run builds (its vocabulary is padded already)
     result = estimate(arch, Setup(micro_batch_size=1, seq_length=64))
     return {item.key: item.bytes for item in result.stages[0].items}
 

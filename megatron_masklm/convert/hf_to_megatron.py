@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
+from .. import checkpoints as layout
 from .hf_config import shape_from_hf_config
 from .name_map import param_maps
 from ..fileio import atomic_output_dir
@@ -84,15 +85,14 @@ def convert_hf_to_megatron(source: str, output: str, *, tensor_model_parallel_si
         state = _views_as_own_files(model.sharded_state_dict(), scratch)
         # the writer fails obscurely on a full disk; the GLU views' scratch came on top
         _require_free_space(tmp, output, model_bytes, "writing the checkpoint")
-        dist_checkpointing.save(state, _mkdir(os.path.join(tmp, "release")))
+        dist_checkpointing.save(state, _mkdir(os.path.join(tmp, layout.RELEASE)))
         del state
         del model, params
         _rmtree(scratch)
-        _write_json(os.path.join(tmp, "model_shape.json"), asdict(shape))
-        _write_json(os.path.join(tmp, "hf_config.json"), checkpoint.config)
-        with open(os.path.join(tmp, "latest_checkpointed_iteration.txt"), "w") as handle:
-            handle.write("release")
-        checkpoint.save_tokenizer(os.path.join(tmp, "tokenizer"))
+        _write_json(os.path.join(tmp, layout.MODEL_SHAPE_FILE), asdict(shape))
+        _write_json(os.path.join(tmp, layout.HF_CONFIG_FILE), checkpoint.config)
+        layout.write_release_pointer(tmp)
+        checkpoint.save_tokenizer(os.path.join(tmp, layout.TOKENIZER_DIR))
     return output
 
 

@@ -7,8 +7,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..masking import MaskConfig, parse_nm
 from ..architecture import ModelShape
+from ..checkpoints import checkpoint_sources, resolve_checkpoint
+from ..masking import MaskConfig, parse_nm
 from .hf_config import hf_config_from_shape
 from .name_map import param_maps
 from ..fileio import atomic_output_dir
@@ -27,45 +28,6 @@ class LoadedCheckpoint:
     pattern: Optional[str]
     hf_config: Dict[str, Any]
     tokenizer_dir: Optional[str]
-
-
-def resolve_checkpoint(path: str):
-    """(root dir, dist checkpoint dir) for a run/converted dir or a dist checkpoint dir."""
-    from ..training.checkpointing import latest_checkpoint
-
-    pointed = latest_checkpoint(path)
-    if pointed:
-        return path, pointed
-    if os.path.exists(os.path.join(path, "metadata.json")):
-        return os.path.dirname(os.path.abspath(path)), path
-    raise ValueError(f"{path!r} is not a Megatron checkpoint: no latest_checkpointed_iteration.txt "
-                     "and no metadata.json")
-
-
-def _read_json(path: str) -> Optional[Dict[str, Any]]:
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def checkpoint_sources(root: str, directory: str):
-    """Shape, pattern and where the HF config / tokenizer live (the run's pretrained checkpoint
-    when the run directory has none of its own)."""
-    meta = _read_json(os.path.join(directory, "masklm_checkpoint.json"))
-    shape = _read_json(os.path.join(root, "model_shape.json"))
-    if shape is None and meta is not None:
-        shape = meta["run_config"]["model"]
-    if shape is None:
-        raise ValueError(f"no model_shape.json in {root!r}: cannot tell the model's shape")
-    homes = [root]
-    if meta is not None and meta["run_config"]["checkpoint"].get("pretrained_checkpoint"):
-        homes.append(meta["run_config"]["checkpoint"]["pretrained_checkpoint"])
-    hf_config = next((c for c in (_read_json(os.path.join(h, "hf_config.json")) for h in homes) if c),
-                     None)
-    tokenizer = next((os.path.join(h, "tokenizer") for h in homes
-                      if os.path.isdir(os.path.join(h, "tokenizer"))), None)
-    return ModelShape.from_dict(shape), (meta or {}).get("pattern"), hf_config, tokenizer
 
 
 def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None,

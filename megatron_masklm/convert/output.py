@@ -9,17 +9,10 @@ def megatron_world_of_one():
     Yields ``(mcore, dist_checkpointing)``; conversions read and write checkpoints at TP=1,
     which Megatron's dist checkpoints reshard to any other size.
     """
-    import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
     from .. import mcore
+    from ..mcore.parallel import tensor_parallel_world
 
-    owned = not dist.is_initialized()
-    if not owned and dist.get_world_size() != 1:
-        raise RuntimeError("converters run in a single process (world size 1), not under torchrun")
-    mcore.initialize_distributed(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
-    try:
+    with tensor_parallel_world(single_process=True):
         yield mcore, dist_checkpointing
-    finally:
-        if owned:
-            mcore.destroy_distributed()

@@ -165,6 +165,24 @@ def saved_tokenizer(directory: str, *, kind: Optional[str] = None) -> Optional[T
     return None
 
 
+def checkpoint_tokenizer(tokenizer_type: Optional[str], tokenizer_model: Optional[str], *,
+                         saved_dir: Optional[str], vocab_size: int, purpose: str):
+    """The tokenizer a tool uses with a checkpoint: the one named by --tokenizer-type /
+    --tokenizer-model, else the one the checkpoint keeps in ``saved_dir`` (its tokenizer/).
+    ``NullTokenizer`` gets the model's ``vocab_size``. ``purpose`` ends the error message for
+    a checkpoint that keeps none."""
+    kind, model = tokenizer_type, tokenizer_model
+    if kind == "NullTokenizer":
+        return build_tokenizer(kind, vocab_size=vocab_size)
+    if model is None:
+        found = saved_tokenizer(saved_dir, kind=kind) if saved_dir else None
+        if found is None:
+            raise ValueError(f"the checkpoint keeps no tokenizer ({saved_dir!r}): pass "
+                             f"--tokenizer-type and --tokenizer-model {purpose}")
+        kind, model = found
+    return build_tokenizer(kind or "HuggingFaceTokenizer", tokenizer_model=model)
+
+
 def _readable_file(path: str, kind: str, what: str) -> str:
     path = os.path.abspath(os.path.expanduser(str(path)))
     if not os.path.isfile(path) or not os.access(path, os.R_OK):

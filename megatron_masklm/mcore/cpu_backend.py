@@ -1,15 +1,18 @@
 """Run megatron-core on CPU over gloo: fallbacks for the CUDA calls it hard-codes.
 
 Active only when CUDA is absent; on a GPU machine :func:`enable_cpu_backend` changes nothing.
+Nothing is patched on import: the entry points' set-up (``initialize_distributed``) installs
+the fallbacks, and :func:`disable_cpu_backend` puts every replaced function back.
 Measured list of the calls that need it: ../shared/notes/megatron_cpu.md (shims 1-6).
 """
 import contextlib
+import functools
 import logging
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-_state = {"enabled": False, "mode": None}
+_state = {"enabled": False, "mode": None, "undo": []}
 
 
 class _NullStream:
@@ -71,23 +74,22 @@ class CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _patch_causal_masks():
+@functools.lru_cache(maxsize=8)
+def _causal_mask(sq):
     """The torch softmax path builds its default causal masks with device='cuda'."""
-    from functools import lru_cache
+    return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
 
-    from megatron.core.fusions import fused_softmax
 
-    @lru_cache(maxsize=8)
-    def causal_mask(sq):
-        return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
+def _sliding_window_mask(sq, skv, window_size):
+    upper = torch.triu(torch.ones(sq, skv, dtype=torch.bool), diagonal=skv - sq - window_size[0])
+    return ~torch.tril(upper, diagonal=skv - sq + window_size[1])
 
-    def sliding_window_mask(sq, skv, window_size):
-        upper = torch.triu(torch.ones(sq, skv, dtype=torch.bool), diagonal=skv - sq - window_size[0])
-        return ~torch.tril(upper, diagonal=skv - sq + window_size[1])
 
-    fused_softmax.get_default_causal_mask = causal_mask
-    if hasattr(fused_softmax, "get_sliding_window_causal_mask"):
-        fused_softmax.get_sliding_window_causal_mask = sliding_window_mask
+def _patch(owner, name: str, value) -> None:
+    """``owner.name = value``, remembered so :func:`disable_cpu_backend` can put it back."""
+    original = getattr(owner, name)
+    _state["undo"].append(lambda: setattr(owner, name, original))
+    setattr(owner, name, value)
 
 
 def enable_cpu_backend(*, cuda_to_cpu_mode: bool = False) -> bool:
@@ -99,18 +101,26 @@ def enable_cpu_backend(*, cuda_to_cpu_mode: bool = False) -> bool:
     if torch.cuda.is_available():
         return False
     if not _state["enabled"]:
+        from megatron.core.fusions import fused_softmax
         from megatron.core.tensor_parallel import random as mcore_random
 
-        torch.cuda.current_device = lambda: "cpu"
-        torch.cuda.synchronize = lambda *args, **kwargs: None
-        torch.cuda.current_stream = lambda *args, **kwargs: _NullStream()
-        torch.cuda.stream = lambda *args, **kwargs: contextlib.nullcontext()
-        torch.cuda.get_rng_state = lambda *args, **kwargs: torch.get_rng_state()
-        torch.cuda.manual_seed = torch.manual_seed
-        mcore_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
-        mcore_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
-        logging.getLogger(mcore_random.__name__).addFilter(_CpuRngWarningFilter())
-        _patch_causal_masks()
+        cuda = torch.cuda
+        _patch(cuda, "current_device", lambda: "cpu")
+        _patch(cuda, "synchronize", lambda *args, **kwargs: None)
+        _patch(cuda, "current_stream", lambda *args, **kwargs: _NullStream())
+        _patch(cuda, "stream", lambda *args, **kwargs: contextlib.nullcontext())
+        _patch(cuda, "get_rng_state", lambda *args, **kwargs: torch.get_rng_state())
+        _patch(cuda, "manual_seed", torch.manual_seed)
+        _patch(mcore_random, "_get_cuda_rng_state", lambda *args, **kwargs: torch.get_rng_state())
+        _patch(mcore_random, "_set_cuda_rng_state",
+               lambda state, *args, **kwargs: torch.set_rng_state(state))
+        _patch(fused_softmax, "get_default_causal_mask", _causal_mask)
+        if hasattr(fused_softmax, "get_sliding_window_causal_mask"):
+            _patch(fused_softmax, "get_sliding_window_causal_mask", _sliding_window_mask)
+        logger = logging.getLogger(mcore_random.__name__)
+        log_filter = _CpuRngWarningFilter()
+        logger.addFilter(log_filter)
+        _state["undo"].append(lambda: logger.removeFilter(log_filter))
         _state["enabled"] = True
     if cuda_to_cpu_mode and _state["mode"] is None:
         _state["mode"] = CudaToCpuMode()
@@ -126,3 +136,16 @@ def leave_cuda_to_cpu_mode() -> None:
     if _state["mode"] is not None:
         mode, _state["mode"] = _state["mode"], None
         mode.__exit__(None, None, None)
+
+
+def disable_cpu_backend() -> None:
+    """Undo :func:`enable_cpu_backend`: leave :class:`CudaToCpuMode` and put back every
+    ``torch.cuda`` and megatron.core function it replaced (the process is as before)."""
+    leave_cuda_to_cpu_mode()
+    while _state["undo"]:
+        _state["undo"].pop()()
+    _state["enabled"] = False
+
+
+def cpu_backend_enabled() -> bool:
+    return _state["enabled"]

@@ -1,4 +1,5 @@
 """Process-group and model-parallel set-up that works under torchrun on GPUs and on CPU."""
+import contextlib
 import datetime
 import hashlib
 import os
@@ -11,7 +12,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
 from . import compat
-from .cpu_backend import enable_cpu_backend, leave_cuda_to_cpu_mode
+from .cpu_backend import (cpu_backend_enabled, disable_cpu_backend, enable_cpu_backend,
+                          leave_cuda_to_cpu_mode)
 
 MASK_NOISE_RNG = "masklm-gumbel-rng"
 """Name of the RNG-tracker state the masked layers draw their Gumbel noise from."""
@@ -82,6 +84,30 @@ def destroy_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     leave_cuda_to_cpu_mode()
+
+
+@contextlib.contextmanager
+def tensor_parallel_world(*, single_process: bool = False):
+    """Every process one tensor-parallel rank (TP = world size, PP = 1), for the tools that
+    read, prune and evaluate checkpoints. torch.distributed is set up here (from torchrun's
+    WORLD_SIZE, or a world of one) unless the caller already did, and then torn down here too,
+    with the CPU backend's patches if they were installed here.
+    ``single_process``: refuse to run under a launcher with more than one process. Yields the
+    world size."""
+    owned = not dist.is_initialized()
+    world = int(os.environ.get("WORLD_SIZE", "1")) if owned else dist.get_world_size()
+    if single_process and world != 1:
+        raise RuntimeError(f"this tool runs in a single process (world size 1, here {world}), "
+                           "not under torchrun")
+    patched_before = cpu_backend_enabled()
+    initialize_distributed(tensor_model_parallel_size=world, pipeline_model_parallel_size=1)
+    try:
+        yield world
+    finally:
+        if owned:
+            destroy_distributed()
+            if not patched_before:  # a tool called from code leaves torch.cuda as it found it
+                disable_cpu_backend()
 
 
 def mask_noise_seed(seed: int, *, iteration: int, tp_rank: int, pp_rank: int, dp_rank: int) -> int:

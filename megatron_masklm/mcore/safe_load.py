@@ -16,7 +16,8 @@ from typing import Any, Dict, Iterator
 from ..safe_pickle import (TRUST_FLAG, UnsafeCheckpointError, check_metadata, trusting_loads,
                            weights_only_loads)
 
-__all__ = ["UnsafeCheckpointError", "load", "load_tensors_metadata"]
+__all__ = ["UnsafeCheckpointError", "check_tensors_present", "load", "load_model_weights",
+           "load_tensors_metadata"]
 
 
 def _weights_only_failure(error: BaseException):
@@ -73,3 +74,31 @@ def load_tensors_metadata(directory: str, *, trust: bool = False):
 
     with _opening(directory, trust):
         return dist_checkpointing.load_tensors_metadata(directory)
+
+
+def check_tensors_present(state: Dict[str, Any], directory: str, *, what: str,
+                          trust: bool = False, logits_suffix: str = "mask_logits") -> None:
+    """Every ShardedTensor ``state`` asks for must be in the checkpoint (else a clear error)."""
+    from . import compat
+
+    present = set(load_tensors_metadata(directory, trust=trust))
+    missing = sorted(compat.sharded_tensor_keys(state) - present)
+    if missing:
+        logits = [key for key in missing if key.endswith(logits_suffix)]
+        detail = (f"it has no mask logits for {len(logits)} of the model's masked weights "
+                  f"(e.g. {logits[0]!r})"
+                  if logits else f"{len(missing)} tensors are missing (e.g. {missing[:3]})")
+        raise ValueError(f"{what} {directory!r} does not match this model: {detail}")
+
+
+def load_model_weights(directory: str, *, model, skip_suffix: str, what: str,
+                       trust: bool = False) -> None:
+    """Load every tensor of ``model`` whose name does not end in ``skip_suffix`` from the dist
+    checkpoint ``directory`` (TE's ``_extra_state`` aside), strictly otherwise."""
+    from .model import load_model_tensors, without_te_extra_state
+
+    state = {key: value for key, value in without_te_extra_state(model.sharded_state_dict()).items()
+             if not key.endswith(skip_suffix)}
+    check_tensors_present(state, directory, what=what, trust=trust, logits_suffix=skip_suffix)
+    loaded = load(state, directory, trust=trust)  # also returns the common state
+    load_model_tensors(model, {key: loaded[key] for key in state}, may_lack=(skip_suffix,))

@@ -11,18 +11,16 @@ import dataclasses
 import difflib
 import functools
 import inspect
-import json
 import os
 import textwrap
 import typing
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..architecture import padded_vocab_size
+from ..checkpoints import MODEL_SHAPE_FILE, TOKENIZER_DIR, read_model_shape
 from ..masking import parse_nm
 from .config import SECTION_CLASSES, RunConfig
 
-MODEL_SHAPE_FILE = "model_shape.json"
-"""Written next to a checkpoint's iteration directories: the model's shape, so no shape flags."""
 
 FLAG_OVERRIDES = {
     "family": "--model-family",
@@ -131,20 +129,6 @@ def _check_known(options: Dict[str, Any], where: str) -> None:
             raise ValueError(f"unknown option {key!r} in {where}{hint}")
 
 
-def read_model_shape(checkpoint_dir: Optional[str]) -> Dict[str, Any]:
-    """The model shape saved next to a checkpoint (empty if there is none)."""
-    if not checkpoint_dir:
-        return {}
-    path = os.path.join(checkpoint_dir, MODEL_SHAPE_FILE)
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return dict(json.load(handle))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read the model shape {path!r}: {error}") from error
-
-
 def run_config_from_options(options: Dict[str, Any]) -> RunConfig:
     """A RunConfig from a flat ``{option name: value}`` mapping (YAML and CLI merged)."""
     _check_known(options, "the options")
@@ -199,7 +183,7 @@ def _resolve_tokenizer(sections: Dict[str, Dict[str, Any]], pretrained: Optional
     if pretrained and data.get("tokenizer_model") is None:
         from ..data.tokenizers import saved_tokenizer
 
-        found = saved_tokenizer(os.path.join(pretrained, "tokenizer"),
+        found = saved_tokenizer(os.path.join(pretrained, TOKENIZER_DIR),
                                 kind=data.get("tokenizer_type"))
         if found:
             data["tokenizer_type"], data["tokenizer_model"] = found

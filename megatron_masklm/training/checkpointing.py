@@ -1,6 +1,6 @@
 """Distributed checkpoints of a mask-training run: save atomically, resume exactly, start dense.
 
-Layout (Megatron-LM's, so its tools find their way around)::
+Layout (Megatron-LM's, ``megatron_masklm.checkpoints``)::
 
     <run dir>/latest_checkpointed_iteration.txt    the pointer, switched last
     <run dir>/model_shape.json                     the model's shape (no shape flags on resume)
@@ -23,16 +23,13 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from ..mcore import compat, safe_load
 from ..architecture import ModelShape
+from ..checkpoints import META_FILE, MODEL_SHAPE_FILE, POINTER_FILE, iteration_dir
+from ..mcore import compat, safe_load
 from ..mcore.model import load_model_tensors, without_te_extra_state
-from .arguments import MODEL_SHAPE_FILE
 from .config import RunConfig
 
-POINTER_FILE = "latest_checkpointed_iteration.txt"
-META_FILE = "masklm_checkpoint.json"
 FORMAT = "megatron_masklm/1"
-LOGITS_SUFFIX = "mask_logits"
 CKPT_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 """The distributed optimizer's canonical (per-parameter) layout: reshards across TP, PP and DP."""
 
@@ -46,27 +43,6 @@ class TrainState:
     mask_reference: Optional[Dict[str, torch.Tensor]] = field(default=None, repr=False)
     """This rank's argmax mask choices at the last validation: what ``mask_change_fraction``
     is measured against. Saved per (PP, TP) rank, so it resumes at the same split."""
-
-
-def iteration_dir(run_dir: str, iteration: int) -> str:
-    return os.path.join(run_dir, f"iter_{iteration:07d}")
-
-
-def latest_checkpoint(run_dir: Optional[str]) -> Optional[str]:
-    """The directory the pointer of ``run_dir`` names, or None when there is no pointer."""
-    if not run_dir:
-        return None
-    pointer = os.path.join(run_dir, POINTER_FILE)
-    if not os.path.exists(pointer):
-        return None
-    with open(pointer, encoding="utf-8") as handle:
-        text = handle.read().strip()
-    if text == "release":
-        return os.path.join(run_dir, "release")
-    try:
-        return iteration_dir(run_dir, int(text))
-    except ValueError:
-        raise ValueError(f"checkpoint pointer {pointer!r} holds {text!r}, not an iteration") from None
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -219,19 +195,6 @@ def _check_compatible(meta: Dict[str, Any], run_config: RunConfig, directory: st
                          + ", ".join(f"{k} saved {a} vs now {b}" for k, (a, b) in diff.items()))
 
 
-def _check_tensors_present(state: Dict[str, Any], directory: str, *, what: str,
-                           trust: bool = False) -> None:
-    """Every ShardedTensor the model asks for must be in the checkpoint (else a clear error)."""
-    present = set(safe_load.load_tensors_metadata(directory, trust=trust))
-    missing = sorted(compat.sharded_tensor_keys(state) - present)
-    if missing:
-        logits = [key for key in missing if key.endswith(LOGITS_SUFFIX)]
-        detail = (f"it has no mask logits for {len(logits)} of the model's masked weights "
-                  f"(e.g. {logits[0]!r})"
-                  if logits else f"{len(missing)} tensors are missing (e.g. {missing[:3]})")
-        raise ValueError(f"{what} {directory!r} does not match this model: {detail}")
-
-
 def load_checkpoint(directory: str, *, model, optimizer, scheduler, run_config: RunConfig,
                     trust: bool = False) -> TrainState:
     """Resume from a checkpoint this package saved, at any TP/PP size (RNG only at the same one).
@@ -240,7 +203,7 @@ def load_checkpoint(directory: str, *, model, optimizer, scheduler, run_config: 
     meta = read_checkpoint_meta(directory)
     _check_compatible(meta, run_config, directory)
     model_state = without_te_extra_state(model.sharded_state_dict(metadata=dict(CKPT_METADATA)))
-    _check_tensors_present(model_state, directory, what="checkpoint", trust=trust)
+    safe_load.check_tensors_present(model_state, directory, what="checkpoint", trust=trust)
     compat.materialize_optimizer_state(optimizer)
     state = {"model": model_state, "optimizer": optimizer.sharded_state_dict(
         model_state, is_loading=True, metadata=dict(CKPT_METADATA))}
@@ -259,25 +222,3 @@ def load_checkpoint(directory: str, *, model, optimizer, scheduler, run_config: 
     return TrainState(iteration=meta["iteration"],
                       consumed_train_samples=meta["consumed_train_samples"],
                       mask_reference=loaded.get("mask_reference"))
-
-
-def resolve_dense_checkpoint(path: str) -> str:
-    """A dense checkpoint directory: a dist checkpoint, or a run dir with a pointer file."""
-    if os.path.exists(os.path.join(path, "metadata.json")):
-        return path
-    pointed = latest_checkpoint(path)
-    if pointed and os.path.exists(os.path.join(pointed, "metadata.json")):
-        return pointed
-    raise ValueError(f"--pretrained-checkpoint {path!r} is neither a Megatron dist checkpoint "
-                     f"(no metadata.json) nor a run directory with {POINTER_FILE}")
-
-
-def load_dense_weights(path: str, *, model, trust: bool = False) -> None:
-    """Load every weight of ``model`` except the mask logits from a dense dist checkpoint (no
-    code from its files runs unless ``trust``)."""
-    directory = resolve_dense_checkpoint(path)
-    state = {key: value for key, value in without_te_extra_state(model.sharded_state_dict()).items()
-             if not key.endswith(LOGITS_SUFFIX)}
-    _check_tensors_present(state, directory, what="pretrained checkpoint", trust=trust)
-    loaded = safe_load.load(state, directory, trust=trust)  # also returns the common state
-    load_model_tensors(model, {key: loaded[key] for key in state}, may_lack=(LOGITS_SUFFIX,))

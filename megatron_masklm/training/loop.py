@@ -15,6 +15,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from ..checkpoints import latest_checkpoint, load_dense_weights
 from ..masking import MaskState, expected_mask, mask_state_at
 from ..mcore import (apply_mask_state, apply_prior_masks, check_nm, masked_linears, masks_off,
                      seed_mask_noise, set_random_seeds)
@@ -267,8 +268,8 @@ def _initialise_masks(run: Run) -> None:
     """A fresh run: dense weights from the pretrained checkpoint, then the optional prior."""
     ckpt, mask = run.config.checkpoint, run.config.mask
     if ckpt.pretrained_checkpoint:
-        checkpointing.load_dense_weights(ckpt.pretrained_checkpoint, model=run.gpt,
-                                         trust=ckpt.trust_checkpoint)
+        load_dense_weights(ckpt.pretrained_checkpoint, model=run.gpt,
+                           trust=ckpt.trust_checkpoint)
     if ckpt.prior_mask:
         priors = load_global_masks(ckpt.prior_mask, run.gpt, shape=run.config.model)
         apply_prior_masks(run.gpt, priors, strength=mask.prior_strength)
@@ -296,7 +297,7 @@ def setup_run(config: RunConfig) -> Run:
     run = Run(config=config, ddp=ddp, gpt=gpt, optimizer=optimizer, scheduler=scheduler,
               train_data=train_data, valid_data=valid_data, vocab_size=tokenizer.vocab_size)
     num_microbatches(config)  # fail early on a batch that does not split
-    resume = checkpointing.latest_checkpoint(config.checkpoint.load)
+    resume = latest_checkpoint(config.checkpoint.load)
     if resume:
         run.state = checkpointing.load_checkpoint(resume, model=gpt, optimizer=optimizer,
                                                   scheduler=scheduler, run_config=config,

@@ -1,5 +1,5 @@
 """What a training run holds in memory, counted from its real tensors (the measured side of
-megatron_masklm/memory.py's estimate; see tests/unit/test_estimate_memory.py)."""
+megatron_masklm/training/memory.py's estimate; see tests/unit/test_estimate_memory.py)."""
 import torch
 
 

@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from harness import run_distributed
-from megatron_masklm import memory
-from megatron_masklm.memory import Setup, estimate
+from megatron_masklm.training import memory
+from megatron_masklm.training.memory import Setup, estimate
 from unit.test_estimate_memory import (EXACT_KEYS, LLAMA_GQA, STATIC_KEYS, case_setup,
                                        measure_memory, run_options)
 

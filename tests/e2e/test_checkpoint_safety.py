@@ -30,9 +30,9 @@ def _main(tool: str):
     if tool == "train":
         from megatron_masklm.train import main
     elif tool == "eval_ppl":
-        from megatron_masklm.evaluate import main
+        from megatron_masklm.evaluation.perplexity import main
     elif tool == "prune_oneshot":
-        from megatron_masklm.prune import main
+        from megatron_masklm.oneshot.checkpoint import main
     elif tool == "export_masks":
         from export_masks import main
     else:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_masklm import sparse_bench as sb
+from megatron_masklm.hf import sparse_bench as sb
 
 pytestmark = pytest.mark.gpu
 

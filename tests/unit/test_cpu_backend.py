@@ -25,3 +25,37 @@ def test_destroy_distributed_leaves_no_cuda_to_cpu_mode_behind(tmp_path):
     assert active_modes() == before
     with pytest.raises((RuntimeError, AssertionError), match="(?i)cuda|torch not compiled"):
         torch.zeros(2, device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU backend only acts without CUDA")
+def test_the_cpu_patches_are_undone_and_a_tool_called_from_code_leaves_none():
+    """disable_cpu_backend puts back every function enable_cpu_backend replaced (the same
+    objects), and a converter run in-process leaves torch.cuda and megatron.core as it found
+    them."""
+    from megatron.core.fusions import fused_softmax
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    from megatron_masklm.convert.output import megatron_world_of_one
+    from megatron_masklm.mcore import cpu_backend
+
+    def functions():
+        return ([getattr(torch.cuda, name) for name in ("current_device", "synchronize",
+                                                          "current_stream", "stream",
+                                                          "get_rng_state", "manual_seed")]
+                + [mcore_random._get_cuda_rng_state, mcore_random._set_cuda_rng_state,
+                   fused_softmax.get_default_causal_mask])
+
+    if cpu_backend.cpu_backend_enabled():  # an earlier test of this process left it on
+        cpu_backend.disable_cpu_backend()
+    original = functions()
+    assert cpu_backend.enable_cpu_backend() is True
+    patched = functions()
+    assert all(a is not b for a, b in zip(original, patched))
+    assert torch.cuda.current_device() == "cpu"
+    cpu_backend.disable_cpu_backend()
+    assert all(a is b for a, b in zip(original, functions()))
+    assert not cpu_backend.cpu_backend_enabled()
+
+    with megatron_world_of_one() as (mcore, _):
+        assert torch.cuda.current_device() == "cpu"  # patched inside
+    assert all(a is b for a, b in zip(original, functions()))

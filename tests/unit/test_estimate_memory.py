@@ -1,4 +1,4 @@
-"""The memory estimator (megatron_masklm/memory.py, tools/estimate_memory.py) against reality.
+"""The memory estimator (megatron_masklm/training/memory.py, tools/estimate_memory.py) against reality.
 
 The key test builds small masked models with the project's own training builders
 (``setup_run``: Megatron DDP, the Megatron optimizer), takes one real training step with
@@ -21,9 +21,9 @@ import sys
 
 import pytest
 
-from megatron_masklm import memory
+from megatron_masklm.training import memory
 from megatron_masklm.architecture import ModelShape
-from megatron_masklm.memory import Setup, estimate
+from megatron_masklm.training.memory import Setup, estimate
 from megatron_masklm.training.state_bytes import training_state_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -438,7 +438,7 @@ def test_tool_script_exit_codes_and_no_megatron_import(tmp_path):
     assert "fits in 80 GiB" in done.stdout
     bad = run(TOOL, "--model", "smollm2-135m", "--tensor-model-parallel-size", "2")
     assert bad.returncode == 1 and bad.stderr.startswith("error: num_query_groups 3")
-    probe = run("-c", "import sys; from megatron_masklm.memory import main; "
+    probe = run("-c", "import sys; from megatron_masklm.training.memory import main; "
                       "main(['--model', 'llama2-13b', '--json']); "
                       "print(any(m.split('.')[0] == 'megatron' for m in sys.modules))")
     assert probe.returncode == 0 and probe.stdout.split()[-1] == "False"

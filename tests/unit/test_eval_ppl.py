@@ -12,7 +12,7 @@ import torch
 transformers = pytest.importorskip("transformers")  # an install extra ([hf], [test]) in CI
 
 from hf_utils import reference_nll, tiny_llama  # noqa: E402
-from megatron_masklm.evaluate import Window, main, plan_windows  # noqa: E402
+from megatron_masklm.evaluation.perplexity import Window, main, plan_windows  # noqa: E402
 
 VOCAB, TOKENS = 100, 203
 
@@ -92,7 +92,7 @@ def test_hf_directory_matches_the_documented_loop(setup, capsys, seq, stride, ex
 
 def test_bos_windows(setup, capsys, monkeypatch):
     root, model, ids = setup
-    from megatron_masklm import evaluate
+    from megatron_masklm.evaluation import perplexity as evaluate
 
     def with_bos(*args):  # the NullTokenizer has no BOS: give it one
         tokenizer = plain(*args)

@@ -73,7 +73,7 @@ def test_the_configs_that_exist():
 
 @pytest.mark.parametrize("name", sorted(QWEN_SHAPES))
 def test_qwen_configs_have_the_hf_shape_the_recipe_and_a_memory_preset(name):
-    from megatron_masklm import memory
+    from megatron_masklm.training import memory
 
     _, config = _config(EXAMPLES / "configs" / f"{name}.yaml")
     flat = _flat(config)

@@ -170,3 +170,4 @@ def test_masked_model_of_each_family_is_the_dense_one_with_its_masks_applied(fam
         "self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1",
         "mlp.linear_fc2")}
     assert trainable and all(n.endswith("mask_logits") for n in trainable)
+

@@ -193,7 +193,7 @@ def test_gpu_run_arguments_and_table():
 
 
 def test_gpu_run_commands_parse_with_the_tools_own_parsers(tmp_path):
-    from megatron_masklm.evaluate import build_parser as eval_parser
+    from megatron_masklm.evaluation.perplexity import build_parser as eval_parser
     from megatron_masklm.training.arguments import build_parser as train_parser
 
     run = _load_run()

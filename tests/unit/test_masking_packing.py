@@ -5,7 +5,6 @@ padded), np.packbits, and the raw .npz read back with numpy / zipfile.
 """
 import os
 import zipfile
-import zlib
 
 import numpy as np
 import pytest

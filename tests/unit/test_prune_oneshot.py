@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
 
 
 def _run(argv):
-    from megatron_masklm.prune import main
+    from megatron_masklm.oneshot.checkpoint import main
 
     return main([str(a) for a in argv])
 

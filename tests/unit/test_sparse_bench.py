@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_masklm import sparse_bench as sb
+from megatron_masklm.hf import sparse_bench as sb
 from megatron_masklm.masking.nm import is_exact_nm
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

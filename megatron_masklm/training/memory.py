@@ -144,8 +144,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .architecture import FAMILIES, ModelShape, padded_vocab_size as _padded
-from .masking.candidates import parse_nm
+from ..architecture import FAMILIES, ModelShape, padded_vocab_size as _padded
+from ..masking.candidates import parse_nm
 
 GIB = 1024 ** 3
 
@@ -700,7 +700,7 @@ YAML_ALIASES = {"model_family": "family", "hard": "hard_sampling"}
 
 def load_yaml(path: str) -> Dict[str, Any]:
     """The estimator's settings from a training --config YAML (same keys; others ignored)."""
-    from .yamlfile import read_flat_yaml
+    from ..yamlfile import read_flat_yaml
 
     options = {}
     for key, value in read_flat_yaml(path).items():
@@ -722,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Precedence: --model preset < --config YAML < flags. Worked examples: LLaMA-2 "
                "7B and 13B at TP 8, DP 8, bf16, micro-batch 1 x 4096, sequence parallel (the "
                "paper's 64 A100-80GB) need about 20.6 and 39.1 GiB per GPU: both fit. The "
-               "commands, their full output and every formula: megatron_masklm/memory.py.",
+               "commands, their full output and every formula: megatron_masklm/training/memory.py.",
         argument_default=argparse.SUPPRESS)
     source = parser.add_argument_group("model")
     source.add_argument("--model", choices=sorted(PRESETS), help="a preset shape")

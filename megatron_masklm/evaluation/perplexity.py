@@ -21,6 +21,7 @@ training's validation and the exported checkpoints use them. Logits beyond the t
 vocabulary (Megatron's padding) are left out of the softmax.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .safe_pickle import TRUST_HELP
+from ..safe_pickle import TRUST_HELP
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def hf_logits_fn(hf_dir: str, *, masks: Optional[str] = None, pattern: Optional[
 
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
         raise ValueError(f"--hf-dir {hf_dir!r} is not a HF model directory (no config.json)")
-    from .convert.sources import guarded_read
+    from ..convert.sources import guarded_read
 
     model = guarded_read(hf_dir, lambda: AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype))
     model.eval()
@@ -143,8 +144,8 @@ def _apply_hf_masks(model, masks_path: str, pattern: Optional[str] = None) -> No
     """Multiply every masked weight by its mask, strictly: each mask must name a parameter of
     the model and every linear MaskLLM masks must have one, exactly N:M (``pattern``, else the
     file's, else 2:4)."""
-    from .hf.masks import _resolve_pattern, check_param, is_masked_weight
-    from .masking.compact import read_packed_masks
+    from ..hf.masks import _resolve_pattern, check_param, is_masked_weight
+    from ..masking.compact import read_packed_masks
 
     masks = read_packed_masks(masks_path)
     nm = _resolve_pattern(pattern, masks.nm)
@@ -171,9 +172,10 @@ def megatron_logits_fn(path: str, *, dtype: Optional[torch.dtype] = None, trust:
     rank calls ``logits_fn`` on the same tokens and gets the whole vocabulary's logits."""
     from megatron.core import parallel_state
 
-    from . import mcore
-    from .convert.megatron_to_hf import checkpoint_sources, load_model, resolve_checkpoint
-    from .mcore.parallel import gather_global_tensor
+    from .. import mcore
+    from ..checkpoints import checkpoint_sources, resolve_checkpoint
+    from ..convert.megatron_to_hf import load_model
+    from ..mcore.parallel import gather_global_tensor
 
     root, directory = resolve_checkpoint(path)
     shape, pattern, hf_config, tokenizer_dir = checkpoint_sources(root, directory)
@@ -195,6 +197,37 @@ def megatron_logits_fn(path: str, *, dtype: Optional[torch.dtype] = None, trust:
 
 
 # ----------------------------------------------------------------------------- CLI
+@dataclass(kw_only=True)
+class EvalJob:
+    """What :func:`evaluate` does: the CLI's options, one field each (same names)."""
+
+    load: Optional[str] = None
+    """Megatron checkpoint: a training run, a converted or pruned checkpoint (any TP)."""
+    trust_checkpoint: bool = False
+    hf_dir: Optional[str] = None
+    """Or: a HF causal LM directory (one process), with ``masks`` applied when given."""
+    masks: Optional[str] = None
+    pattern: Optional[str] = None
+    text: Optional[str] = None
+    data_path: Optional[str] = None
+    tokenizer_type: Optional[str] = None
+    tokenizer_model: Optional[str] = None
+    seq_length: int = 512
+    stride: Optional[int] = None
+    bos: bool = False
+    keep_last: bool = False
+    max_windows: Optional[int] = None
+    micro_batch_size: int = 4
+    dtype: Optional[str] = None
+    output: Optional[str] = None
+    no_progress: bool = False
+
+
+def parse_job(argv: Optional[Sequence[str]] = None) -> EvalJob:
+    """The command line (tools/eval_ppl.py's options) as an :class:`EvalJob`."""
+    return EvalJob(**vars(build_parser().parse_args(argv)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Perplexity of a Megatron checkpoint (any TP, hard masks) or a HF directory "
@@ -252,35 +285,26 @@ def _check_args(args) -> None:
 
 
 def _tokenizer(args, tokenizer_dir: Optional[str], vocab_size: int):
-    from .data.tokenizers import build_tokenizer, saved_tokenizer
+    from ..data.tokenizers import checkpoint_tokenizer
 
-    kind, model = args.tokenizer_type, args.tokenizer_model
-    if kind == "NullTokenizer":
-        return build_tokenizer(kind, vocab_size=vocab_size)
-    if model is None:
-        found = saved_tokenizer(tokenizer_dir, kind=kind) if tokenizer_dir else None
-        if found is None:
-            raise ValueError(f"no tokenizer found in {tokenizer_dir!r}: pass --tokenizer-type "
-                             "and --tokenizer-model")
-        kind, model = found
-    return build_tokenizer(kind or "HuggingFaceTokenizer", tokenizer_model=model)
+    return checkpoint_tokenizer(args.tokenizer_type, args.tokenizer_model, saved_dir=tokenizer_dir,
+                                vocab_size=vocab_size, purpose="to read the text")
 
 
-def evaluate(args) -> Dict[str, Any]:
-    """Run the evaluation for parsed ``args``; returns the result (on every rank)."""
-    from .data.calibration import indexed_token_ids, text_token_ids
+def evaluate(args: EvalJob) -> Dict[str, Any]:
+    """Run the evaluation ``args`` describes; returns the result (on every rank)."""
+    from ..data.calibration import indexed_token_ids, text_token_ids
 
     _check_args(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     started = time.perf_counter()
-    owned = bool(args.load) and not torch.distributed.is_initialized()
     if args.load:
-        from . import mcore
+        from ..mcore.parallel import tensor_parallel_world
 
-        world = (int(os.environ.get("WORLD_SIZE", "1")) if owned
-                 else torch.distributed.get_world_size())
-        mcore.initialize_distributed(tensor_model_parallel_size=world, pipeline_model_parallel_size=1)
-    try:
+        world = tensor_parallel_world()
+    else:
+        world = contextlib.nullcontext()
+    with world:
         if args.load:
             logits_fn, tokenizer_dir, info = megatron_logits_fn(args.load, dtype=dtype,
                                                                  trust=args.trust_checkpoint)
@@ -304,9 +328,6 @@ def evaluate(args) -> Dict[str, Any]:
                              bos_id=tokenizer.bos if args.bos else None,
                              vocab_size=info["vocab_size"],
                              progress=rank0 and not args.no_progress)
-    finally:
-        if owned:
-            mcore.destroy_distributed()
     nll = total.item() / count
     return {"model": args.load or args.hf_dir, "masks": args.masks,
             "data": args.text or args.data_path, "ppl": math.exp(nll), "nll": nll,
@@ -319,7 +340,7 @@ def evaluate(args) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_job(argv)
     try:
         result = evaluate(args)
     except ValueError as error:
@@ -327,7 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         if args.output:
-            from .fileio import atomic_write_text
+            from ..fileio import atomic_write_text
 
             atomic_write_text(args.output, json.dumps(result, indent=1) + "\n")
         print(json.dumps(result))

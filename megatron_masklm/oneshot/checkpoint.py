@@ -1,7 +1,7 @@
 """One-shot N:M pruning of a Megatron checkpoint (any TP) or a HF checkpoint: the prior that
 mask training starts from, and the one-shot baselines it is compared with.
 
-    torchrun --nproc-per-node TP -m megatron_masklm.prune --load CKPT --method sparsegpt \\
+    torchrun --nproc-per-node TP -m megatron_masklm.oneshot.checkpoint --load CKPT --method sparsegpt \\
         --calib-text train.txt --output-mask prior.npz
 
 The checkpoint's weights are read, never written: the result is a mask file (global Megatron
@@ -18,15 +18,51 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .oneshot import METHODS, PruneConfig
-from .safe_pickle import TRUST_HELP
+from .. import checkpoints as layout
+from .config import METHODS, PruneConfig
+from ..safe_pickle import TRUST_HELP
 
 PRUNING_RECORD = "oneshot_pruning.json"
 """What a pruned checkpoint written here was made with (method, N:M, calibration, update)."""
+
+
+@dataclass(kw_only=True)
+class PruneJob:
+    """What :func:`prune_checkpoint` does: the CLI's options, one field each (same names)."""
+
+    load: Optional[str] = None
+    """Megatron checkpoint (a converted or training run directory, or a dist checkpoint)."""
+    hf_checkpoint: Optional[str] = None
+    """Or: a HF directory or .gguf file (one process; converted to a scratch checkpoint)."""
+    trust_checkpoint: bool = False
+    method: str
+    pattern: str = "2:4"
+    percdamp: float = 0.01
+    blocksize: int = 128
+    update_weights: bool = False
+    calib_text: Optional[str] = None
+    calib_data: Optional[str] = None
+    calib_samples: int = 128
+    seq_length: int = 512
+    micro_batch_size: int = 8
+    tokenizer_type: Optional[str] = None
+    tokenizer_model: Optional[str] = None
+    output_mask: str
+    hf_masks: Optional[str] = None
+    save: Optional[str] = None
+    save_hf: Optional[str] = None
+    overwrite: bool = False
+    no_progress: bool = False
+
+
+def parse_job(argv: Optional[Sequence[str]] = None) -> PruneJob:
+    """The command line (tools/prune_oneshot.py's options) as a :class:`PruneJob`."""
+    return PruneJob(**vars(build_parser().parse_args(argv)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,25 +133,17 @@ def _check_args(args) -> None:
 
 
 def _calibration(args, tokenizer_dir: Optional[str], vocab_size: int) -> Optional[torch.Tensor]:
-    from .data.calibration import indexed_windows, text_windows
-    from .data.tokenizers import build_tokenizer, saved_tokenizer
+    from ..data.calibration import indexed_windows, text_windows
+    from ..data.tokenizers import checkpoint_tokenizer
 
     if args.method == "magnitude":
         return None
     if args.calib_data:
         return indexed_windows(args.calib_data, seq_length=args.seq_length,
                                num_samples=args.calib_samples)
-    kind, model = args.tokenizer_type, args.tokenizer_model
-    if kind == "NullTokenizer":
-        tokenizer = build_tokenizer(kind, vocab_size=vocab_size)
-    else:
-        if model is None:
-            found = saved_tokenizer(tokenizer_dir, kind=kind) if tokenizer_dir else None
-            if found is None:
-                raise ValueError("the checkpoint keeps no tokenizer/ directory: pass "
-                                 "--tokenizer-type and --tokenizer-model for --calib-text")
-            kind, model = found
-        tokenizer = build_tokenizer(kind or "HuggingFaceTokenizer", tokenizer_model=model)
+    tokenizer = checkpoint_tokenizer(args.tokenizer_type, args.tokenizer_model,
+                                     saved_dir=tokenizer_dir, vocab_size=vocab_size,
+                                     purpose="for --calib-text")
     return text_windows(args.calib_text, tokenizer, seq_length=args.seq_length,
                         num_samples=args.calib_samples)
 
@@ -123,9 +151,9 @@ def _calibration(args, tokenizer_dir: Optional[str], vocab_size: int) -> Optiona
 def _build_and_load(shape, directory: str, *, trust: bool = False):
     """Dense GPTModel at TP = world size, fp32 (pruning maths and the layer passes in fp32),
     loaded strictly from ``directory`` (no code from its files runs unless ``trust``)."""
-    from . import mcore
-    from .mcore import safe_load
-    from .training.checkpointing import load_dense_weights
+    from .. import mcore
+    from ..checkpoints import load_dense_weights
+    from ..mcore import safe_load
 
     metadata = safe_load.load_tensors_metadata(directory, trust=trust)
     source_dtype = metadata["embedding.word_embeddings.weight"].dtype
@@ -152,7 +180,7 @@ def _save_megatron(model, output: str, *, root: str, dtype: torch.dtype, record:
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
-    from .fileio import atomic_output_dir
+    from ..fileio import atomic_output_dir
 
     rank = dist.get_rank()
     with contextlib.ExitStack() as stack:
@@ -161,35 +189,36 @@ def _save_megatron(model, output: str, *, root: str, dtype: torch.dtype, record:
         dist.broadcast_object_list(holder, src=0)  # every rank writes into rank 0's temp dir
         tmp = holder[0]
         if rank == 0:
-            os.makedirs(os.path.join(tmp, "release"))
+            os.makedirs(os.path.join(tmp, layout.RELEASE))
         dist.barrier()
         model.to(dtype)
-        dist_checkpointing.save(model.sharded_state_dict(), os.path.join(tmp, "release"))
+        dist_checkpointing.save(model.sharded_state_dict(), os.path.join(tmp, layout.RELEASE))
         dist.barrier()
         if rank == 0:
-            for name in ("model_shape.json", "hf_config.json"):
+            for name in (layout.MODEL_SHAPE_FILE, layout.HF_CONFIG_FILE):
                 if os.path.exists(os.path.join(root, name)):
                     shutil.copy2(os.path.join(root, name), os.path.join(tmp, name))
-            if os.path.isdir(os.path.join(root, "tokenizer")):
-                shutil.copytree(os.path.join(root, "tokenizer"), os.path.join(tmp, "tokenizer"))
-            with open(os.path.join(tmp, "latest_checkpointed_iteration.txt"), "w") as handle:
-                handle.write("release")
+            if os.path.isdir(os.path.join(root, layout.TOKENIZER_DIR)):
+                shutil.copytree(os.path.join(root, layout.TOKENIZER_DIR),
+                                os.path.join(tmp, layout.TOKENIZER_DIR))
+            layout.write_release_pointer(tmp)
             with open(os.path.join(tmp, PRUNING_RECORD), "w") as handle:
                 json.dump(record, handle, indent=1)
     dist.barrier()  # renamed into place by rank 0
 
 
-def prune_checkpoint(args) -> Dict[str, Any]:
-    """Run the whole job for parsed ``args`` (see :func:`build_parser`); returns a summary.
+def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
+    """Run the whole job ``args`` describes; returns a summary.
 
     Every process is one tensor-parallel rank (TP = world size, PP = 1); torch.distributed is
     initialised (and torn down) here unless the caller already did.
     """
     _check_args(args)
-    from . import mcore
-    from .convert.megatron_to_hf import checkpoint_sources, resolve_checkpoint, to_hf_tensors
-    from .masking import is_exact_nm, parse_nm, save_masks_npz
-    from .training.checkpointing import load_dense_weights
+    from .. import mcore
+    from ..checkpoints import checkpoint_sources, load_dense_weights, resolve_checkpoint
+    from ..convert.megatron_to_hf import to_hf_tensors
+    from ..masking import is_exact_nm, parse_nm, save_masks_npz
+    from ..mcore.parallel import tensor_parallel_world
 
     n, m = parse_nm(args.pattern)
     config = PruneConfig(method=args.method, n=n, m=m, percdamp=args.percdamp,
@@ -199,7 +228,7 @@ def prune_checkpoint(args) -> Dict[str, Any]:
     try:
         source = args.load
         if args.hf_checkpoint:
-            from .convert import convert_hf_to_megatron
+            from ..convert import convert_hf_to_megatron
 
             source = convert_hf_to_megatron(args.hf_checkpoint, os.path.join(scratch, "megatron"),
                                             dtype="float32", progress=not args.no_progress)
@@ -209,10 +238,7 @@ def prune_checkpoint(args) -> Dict[str, Any]:
         if calibration is not None and int(calibration.max()) >= shape.vocab_size:
             raise ValueError(f"calibration token id {int(calibration.max())} is outside the "
                              f"model's vocabulary of {shape.vocab_size}: use the model's tokenizer")
-        owned = not torch.distributed.is_initialized()
-        world = int(os.environ.get("WORLD_SIZE", "1")) if owned else torch.distributed.get_world_size()
-        mcore.initialize_distributed(tensor_model_parallel_size=world, pipeline_model_parallel_size=1)
-        try:
+        with tensor_parallel_world():
             model, source_dtype = _build_and_load(shape, directory, trust=args.trust_checkpoint)
             loaded = time.perf_counter()
             masks = mcore.prune_model(model, config, calibration, progress=not args.no_progress)
@@ -240,9 +266,6 @@ def prune_checkpoint(args) -> Dict[str, Any]:
             if args.save:
                 _save_megatron(model, args.save, root=root, dtype=source_dtype, record=record,
                                overwrite=args.overwrite)
-        finally:
-            if owned:
-                mcore.destroy_distributed()
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -256,8 +279,8 @@ def prune_checkpoint(args) -> Dict[str, Any]:
 def _save_hf(model, output: str, shape, hf_config, hf_vocab: int, tokenizer_dir: Optional[str], *,
              dtype: torch.dtype, overwrite: bool) -> None:
     """The model's (pruned) weights as a HF directory; TP=1 only (the model holds whole tensors)."""
-    from .convert.hf_config import hf_config_from_shape
-    from .convert.megatron_to_hf import to_hf_tensors, write_hf_dir
+    from ..convert.hf_config import hf_config_from_shape
+    from ..convert.megatron_to_hf import to_hf_tensors, write_hf_dir
 
     params = {name: p.detach().to(dtype) for name, p in model.named_parameters()}
     tensors = to_hf_tensors(params, shape, hf_vocab_size=hf_vocab)
@@ -267,7 +290,7 @@ def _save_hf(model, output: str, shape, hf_config, hf_vocab: int, tokenizer_dir:
 
 
 def _config_dtype(hf_config: Optional[Dict[str, Any]]) -> Optional[torch.dtype]:
-    from .convert.hf_to_megatron import DTYPES
+    from ..convert.hf_to_megatron import DTYPES
 
     name = str((hf_config or {}).get("dtype") or (hf_config or {}).get("torch_dtype") or "")
     return DTYPES.get(name.replace("torch.", ""))
@@ -276,7 +299,7 @@ def _config_dtype(hf_config: Optional[Dict[str, Any]]) -> Optional[torch.dtype]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse and run; exit status 1 with a one-line error for bad input."""
     warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
-    args = build_parser().parse_args(argv)
+    args = parse_job(argv)
     try:
         summary = prune_checkpoint(args)
     except ValueError as error:

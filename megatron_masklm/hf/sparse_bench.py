@@ -38,8 +38,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .hf.masks import is_masked_weight
-from .masking.nm import nm_violations
+from .masks import is_masked_weight
+from ..masking.nm import nm_violations
 
 MIN_COMPUTE_CAPABILITY = (8, 0)
 PREFILL_TOKENS = (512, 1024, 2048, 4096, 8192)
@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dense vs 2:4 semi-structured sparse GEMM and model time (bf16, one CUDA GPU "
                     "with compute capability >= 8.0); prints dense time / sparse time.",
         epilog="Decode sizes are padded with zero rows to the kernel's token multiple (8 for "
-               "bf16); see megatron_masklm/sparse_bench.py.")
+               "bf16); see megatron_masklm/hf/sparse_bench.py.")
     parser.add_argument("--models", type=_models, default=list(LLAMA2),
                         help="LLaMA-2 shapes for the GEMMs (default: 7b,13b)")
     parser.add_argument("--prefill", type=_sizes, default=list(PREFILL_TOKENS),
@@ -508,7 +508,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if args.output:
-        from .fileio import atomic_write_text
+        from ..fileio import atomic_write_text
 
         atomic_write_text(args.output, json.dumps(result, indent=1) + "\n")
     if args.json:
