@@ -16,6 +16,16 @@ FAMILY_ARCHITECTURES = {family: (arch, arch[:-len("ForCausalLM")].lower())
 """family -> (HF architecture, model_type) for configs written without an original."""
 
 
+NOT_YET = {
+    "Gemma3ForCausalLM": "Gemma 3 needs pre- and post-sublayer norms, RMSNorm with (1 + weight), "
+                         "embeddings scaled by sqrt(hidden_size), GeGLU (tanh), and sliding-window "
+                         "local layers with their own RoPE base; this release builds none of "
+                         "the post-norms, the embedding scale or the per-layer RoPE base",
+    "Gemma2ForCausalLM": "Gemma 2 needs the same pieces as Gemma 3 plus attention and final "
+                         "logit soft-capping",
+}
+"""Architectures users ask for that do not convert yet, and what is missing for each."""
+
 MEGATRON_ROPE_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
                          "original_max_position_embeddings": 8192}
 """Megatron-Core's LLaMA-3.1 RoPE scaling has these fixed; other values cannot be represented."""
@@ -27,8 +37,9 @@ def shape_from_hf_config(config: Dict[str, Any], *, vocab_multiple: int = 1) -> 
     arch = (config.get("architectures") or ["?"])[0]
     family = ARCHITECTURE_FAMILIES.get(arch)
     if family is None:
+        missing = f" ({NOT_YET[arch]})" if arch in NOT_YET else ""
         raise ValueError(f"architecture {arch!r} (model_type {config.get('model_type')!r}) is not "
-                         f"supported: convert one of {SUPPORTED_ARCHITECTURES}")
+                         f"supported{missing}: convert one of {SUPPORTED_ARCHITECTURES}")
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     checks = {
         "hidden_act": (config.get("hidden_act", "silu"), "silu"),

@@ -88,8 +88,11 @@ def test_an_unsupported_family_is_refused_by_name():
     from megatron_masklm.convert.hf_config import shape_from_hf_config
 
     config = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text"}
-    with pytest.raises(ValueError, match="'Gemma3ForCausalLM'.*Qwen3ForCausalLM"):
+    with pytest.raises(ValueError, match="'Gemma3ForCausalLM'.*post-sublayer norms.*own RoPE "
+                                         "base.*Qwen3ForCausalLM"):
         shape_from_hf_config(config)
+    with pytest.raises(ValueError, match="'PhiForCausalLM' .* is not supported: convert one of"):
+        shape_from_hf_config({"architectures": ["PhiForCausalLM"]})
 
 
 def test_a_shape_takes_its_family_switches_unless_set():
