@@ -23,7 +23,7 @@ where it stopped; mask training resumes from its last checkpoint; ``--fresh`` st
 
 ``--learned DIR`` replaces step 5 by a learned mask already on disk: DIR holds its compact
 mask file (masks.idx.npz), its training log (train_log.jsonl) and the training step's record
-(train_step.json), as ``full_distilled/`` in this folder does for the committed headline run. The
+(train_step.json), as ``full/`` (the headline run) and ``full_distilled/`` in this folder do. The
 mask is evaluated on the dense HF model (``tools/eval_ppl.py --hf-dir DENSE --masks FILE``), the
 check anyone can run without the 2.5 h of training.
 
@@ -49,8 +49,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "oneshot_smollm2"))
 from benchlib import REPO, benchmark_env, results_table, run_json  # noqa: E402
 
 PRESETS = {
-    # The recipe used for the README's numbers: under 2 CPU-hours of mask training on 2 cores
-    # (a step of the LM loss alone takes ~30-34 s here, so 180 steps).
+    # The recipe of the README's numbers and of the committed mask in full/: under 2 CPU-hours
+    # of mask training on 2 cores (180 steps).
     # bf16 weights and activations (the logits and all mask maths stay fp32): a step of 8 x 512
     # tokens took 23.5-26.1 s against fp32's 32.2-42.1 s here, with the same losses to 2 digits.
     "full": dict(calib_samples=128, eval_windows=None, methods=("magnitude", "wanda", "sparsegpt"),
@@ -59,7 +59,7 @@ PRESETS = {
                  measure=True, train_args=("--bf16",)),
     # The committed mask in full_distilled/: distillation from the dense model (the same weights,
     # masks off), ahead of the LM loss alone per token early on (distill_vs_lm/), but a step
-    # costs ~49 s, so only 90 steps fit: 30.46 on EVAL, behind the 180 LM-only steps' 27.78.
+    # costs ~49 s, so only 90 steps fit: 30.46 on EVAL, behind full/'s 180 LM-only steps' 27.78.
     "full_distilled": dict(calib_samples=128, eval_windows=None, methods=("sparsegpt",),
                            train_iters=90, micro_batch_size=4, global_batch_size=8,
                            seq_length=512, lr=1e-3, min_lr=1e-4, eval_interval=15, eval_iters=2,
@@ -74,7 +74,7 @@ PRESETS = {
                   train_iters=12, micro_batch_size=2, global_batch_size=2, seq_length=256,
                   lr=5e-4, min_lr=5e-5, eval_interval=6, eval_iters=2, save_interval=6,
                   measure=False, train_args=("--prior-strength", 30, "--mask-init-std", 0.001),
-                  committed=os.path.join(HERE, "full_distilled")),
+                  committed=os.path.join(HERE, "full")),
 }
 PATTERN = "2:4"
 
@@ -383,8 +383,8 @@ def main(argv=None) -> None:
         committed, _ = learned_artifact(s["committed"])
         result = pipe.evaluate(learned_eval_name(s["committed"]), assets=assets,
                                hf_dir=assets["hf_dir"], masks=committed["masks"])
-        rows.append({"method": "MaskLLM, the committed full-run mask (full_distilled/, distilled; "
-                               "not trained by this job)",
+        rows.append({"method": "MaskLLM, the committed full-run mask "
+                               f"({os.path.basename(s['committed'])}/; not trained by this job)",
                      "exact": result["exact_nm"] is not False and exact_nm(committed["masks"]),
                      "wall_s": committed["train_seconds"], "tokens": committed["tokens"],
                      **_ppl(result)})

@@ -115,16 +115,18 @@ def test_plot_writes_a_png(bench, tmp_path):
     assert os.listdir(tmp_path) == ["val.png"]
 
 
-def test_the_committed_headline_artifact_is_complete_and_exactly_2_4(bench):
-    """--learned reads full_distilled/ (the committed learned mask): its record, its log, a mask
-    file exactly 2:4 on all 210 SmolLM2 decoder linears, and the results.json of the run that
-    made it, with the same tokens; the quick table shows that mask."""
-    folder = os.path.join(ROOT, "benchmarks", "smollm2_cpu", "full_distilled")
-    assert bench.PRESETS["quick"]["committed"] == folder  # the quick table's headline row
+@pytest.mark.parametrize("name", ["full", "full_distilled"])
+def test_the_committed_learned_masks_are_complete_and_exactly_2_4(bench, name):
+    """--learned reads full/ (the headline) and full_distilled/: each one's record, its log, a
+    mask file exactly 2:4 on all 210 SmolLM2 decoder linears, and the results.json of the run
+    that made it, with the same tokens and the preset's steps; the quick table shows full/."""
+    folder = os.path.join(ROOT, "benchmarks", "smollm2_cpu", name)
+    assert bench.PRESETS["quick"]["committed"] == os.path.join(ROOT, "benchmarks", "smollm2_cpu",
+                                                               "full")
     trained, records = bench.learned_artifact(folder)
     assert trained["masks"] == os.path.join(folder, "masks.idx.npz")
     assert trained["tokens"] == trained["iterations"] * 8 * 512
-    assert trained["iterations"] == bench.PRESETS["full_distilled"]["train_iters"]
+    assert trained["iterations"] == bench.PRESETS[name]["train_iters"]
     evals = [r for r in records if r["kind"] == "eval"]
     assert evals and evals[-1]["tokens"] == trained["tokens"]
     with open(os.path.join(folder, "results.json")) as handle:
