@@ -49,6 +49,8 @@ counts the real tensors; ``tests/unit/test_estimate_memory.py``):
   layer keeps (bytes)::
 
       norms and their linears' inputs  4 e s b h u
+      + RMSNorm, --train-weights       8 s b h u   (torch's RMSNorm keeps its fp32 output for the
+                                       weight's gradient; LayerNorm recomputes it)
       QK-norm (Qwen3)                  e s b (q + g d) / t   (the query and key heads' inputs)
       attention, flash (fused)         e s b (2q + 2 g d) / t + 4 a s b / t   (Q, K, V, output, LSE)
       attention, local (unfused)       4 e s b q / t + (4 + e [e = 2]) a s^2 b / t
@@ -545,6 +547,8 @@ def activation_bytes_per_layer(arch: ModelShape, setup: Setup) -> int:
     q, kv = a * arch.kv_channels, arch.groups * arch.kv_channels
     u = t if _sequence_parallel(setup) else 1
     norms = 4 * e * sb * h // u  # each norm's input and its linear's input, twice
+    if setup.train_weights and arch.normalization == "RMSNorm":
+        norms += 2 * 4 * sb * h // u  # torch's RMSNorm keeps its fp32 output for the weight grad
     if arch.qk_layernorm:  # the query and key heads before their norms
         norms += e * sb * (q + kv) // t
     if setup.recompute_granularity == "selective":

@@ -59,6 +59,8 @@ CASES = {
         dataclasses.replace(LLAMA_GQA, tied_embeddings=True), Setup(train_weights=True)),
     "llama_gqa_untied_bf16_adam": (LLAMA_GQA, Setup(bf16=True, use_distributed_optimizer=False)),
     "qwen2_gqa_untied_fp32_distopt_train_weights": (QWEN2_GQA, Setup(train_weights=True)),
+    "llama_gqa_untied_bf16_adam_train_weights": (  # RMSNorm keeps fp32 copies for its weights
+        LLAMA_GQA, Setup(bf16=True, use_distributed_optimizer=False, train_weights=True)),
     "qwen3_gqa_tied_bf16_adam": (dataclasses.replace(QWEN3_GQA, tied_embeddings=True),
                                  Setup(bf16=True, use_distributed_optimizer=False)),
 }
