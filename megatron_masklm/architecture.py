@@ -11,21 +11,26 @@ from typing import Any, Dict, Optional
 
 _LLAMA = dict(normalization="RMSNorm", gated_linear_unit=True, activation="silu",
               add_bias_linear=False, add_qkv_bias=False, qk_layernorm=False,
-              position_embedding_type="rope")
+              position_embedding_type="rope", layernorm_zero_centered_gamma=False,
+              post_sublayer_norms=False, scale_embeddings=False)
 
 FAMILY_SWITCHES: Dict[str, Dict[str, Any]] = {
     "llama": _LLAMA,                                 # LLaMA-2/3/3.1, SmolLM2
     "mistral": _LLAMA,                               # the LLaMA layout, Mistral's HF names
     "qwen2": {**_LLAMA, "add_qkv_bias": True},       # Qwen2 / Qwen2.5
     "qwen3": {**_LLAMA, "qk_layernorm": True},       # Qwen3 dense
+    "gemma3": {**_LLAMA, "activation": "gelu_tanh", "qk_layernorm": True,  # Gemma 3 text
+               "layernorm_zero_centered_gamma": True, "post_sublayer_norms": True,
+               "scale_embeddings": True},
     "gpt": dict(normalization="LayerNorm", gated_linear_unit=False, activation="gelu",
                 add_bias_linear=True, add_qkv_bias=False, qk_layernorm=False,
-                position_embedding_type="learned_absolute"),
+                position_embedding_type="learned_absolute", layernorm_zero_centered_gamma=False,
+                post_sublayer_norms=False, scale_embeddings=False),
 }
 """The switches each family implies. "gpt" (GPT-2 style) has no HF conversion."""
 
 FAMILIES = tuple(FAMILY_SWITCHES)
-HF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+HF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 """Families with a Hugging Face name map (conversion, HF-named mask files)."""
 
 NORMALIZATIONS = ("RMSNorm", "LayerNorm")
@@ -73,6 +78,23 @@ class ModelShape:
     """Normalise each query and key head before RoPE, as Qwen3 does (None: the family's)."""
     position_embedding_type: Optional[str] = None
     """rope or learned_absolute (None: the family's)."""
+    layernorm_zero_centered_gamma: Optional[bool] = None
+    """Norms scale by (1 + weight), in fp32, as Gemma's do (None: the family's)."""
+    post_sublayer_norms: Optional[bool] = None
+    """Attention and MLP outputs are normalised before the residual add, as in Gemma 2/3
+    (None: the family's)."""
+    scale_embeddings: Optional[bool] = None
+    """Embeddings are multiplied by sqrt(hidden_size), as in Gemma (None: the family's)."""
+    softmax_scale: Optional[float] = None
+    """Attention logits' scale; None means 1 / sqrt(kv_channels)."""
+    window_size: Optional[int] = None
+    """Sliding-window attention: a token attends to itself and the window_size - 1 before it;
+    None means every layer attends to the whole context."""
+    window_attn_skip_freq: Optional[int] = None
+    """With window_size: every window_attn_skip_freq-th layer (1-based) attends globally (Gemma
+    3: 6); None means every layer is windowed."""
+    rotary_base_local: Optional[float] = None
+    """RoPE theta of the windowed layers; None means rotary_base (Gemma 3: 1e4 vs 1e6)."""
     rotary_base: float = 10000.0
     """RoPE theta."""
     rope_scaling_factor: Optional[float] = None
@@ -102,6 +124,17 @@ class ModelShape:
         if self.num_attention_heads % self.groups:
             raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
                              f"num_query_groups {self.groups}")
+        if self.post_sublayer_norms and self.add_bias_linear:
+            raise ValueError("post_sublayer_norms with add_bias_linear is not supported: the norm "
+                             "would come before the bias")
+        if self.window_size is not None and self.window_size < 1:
+            raise ValueError(f"window_size must be >= 1 tokens, got {self.window_size}")
+
+    def is_window_layer(self, layer_number: int) -> bool:
+        """Whether 1-based layer ``layer_number`` uses the sliding window (Megatron's rule)."""
+        if not self.window_size:
+            return False
+        return not self.window_attn_skip_freq or layer_number % self.window_attn_skip_freq != 0
 
     @property
     def groups(self) -> int:

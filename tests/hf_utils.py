@@ -8,10 +8,17 @@ FAMILY_CLASSES = {
     "mistral": ("MistralConfig", "MistralForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
 }
 FAMILY_EXTRAS = {
     "mistral": dict(sliding_window=None, head_dim=16),
     "qwen3": dict(head_dim=24),  # set apart from hidden / heads (16), as Qwen3's 128 is
+    # Gemma 3: a 5-token window on layer 1, layer 2 global, RoPE bases 100 / 5000, a softmax
+    # scale of its own (query_pre_attn_scalar 20, not the head width 24)
+    "gemma3": dict(head_dim=24, query_pre_attn_scalar=20, sliding_window=5,
+                   layer_types=["sliding_attention", "full_attention"],
+                   rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                                    "full_attention": {"rope_type": "default", "rope_theta": 5000.0}}),
 }
 
 
@@ -30,6 +37,8 @@ def tiny_model(directory, family, *, tied=False, rope_scaling=None, seed=0, **ov
                   tie_word_embeddings=tied, rms_norm_eps=1e-5, rope_theta=5000.0,
                   rope_scaling=rope_scaling, **FAMILY_EXTRAS.get(family, {}))
     config.update(overrides)
+    if family == "gemma3":  # its RoPE is per layer type (rope_parameters above)
+        config.pop("rope_theta"), config.pop("rope_scaling")
     config_cls, model_cls = FAMILY_CLASSES[family]
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config)).eval()

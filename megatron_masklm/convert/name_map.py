@@ -66,6 +66,12 @@ def check_hf_layout(shape: ModelShape) -> None:
     if differ:
         raise ValueError(f"a {shape.family!r} model with {differ} has no Hugging Face layout: "
                          f"{shape.family} has {FAMILY_SWITCHES[shape.family]}")
+    if shape.family != "gemma3":
+        extra = {name: getattr(shape, name) for name in ("window_size", "softmax_scale",
+                                                         "rotary_base_local")
+                 if getattr(shape, name) is not None}
+        if extra:
+            raise ValueError(f"a {shape.family!r} model with {extra} has no Hugging Face layout")
 
 
 def param_maps(shape: ModelShape, *, hf_vocab_size: int) -> List[ParamMap]:
@@ -91,13 +97,20 @@ def param_maps(shape: ModelShape, *, hf_vocab_size: int) -> List[ParamMap]:
                                  tuple(f"{attn}{p}_proj.bias" for p in "qkv"),
                                  lambda q, k, v: fuse_qkv(q, k, v, shape=shape),
                                  lambda b: split_qkv(b, shape=shape)))
-        if shape.qk_layernorm:  # Qwen3: one RMSNorm over each head's width, shared by the heads
+        if shape.qk_layernorm:  # Qwen3, Gemma 3: one norm over each head's width, for all heads
             maps += [ParamMap(m + f"self_attention.{p}_layernorm.weight", (f"{attn}{p}_norm.weight",),
                               _same, _one) for p in "qk"]
+        pre_mlp = "pre_feedforward_layernorm" if shape.post_sublayer_norms else \
+            "post_attention_layernorm"
+        if shape.post_sublayer_norms:  # Gemma: each sublayer's output normed before the residual
+            maps += [ParamMap(m + "self_attention.linear_proj.post_norm.weight",
+                              (h + "post_attention_layernorm.weight",), _same, _one),
+                     ParamMap(m + "mlp.linear_fc2.post_norm.weight",
+                              (h + "post_feedforward_layernorm.weight",), _same, _one)]
         maps += [
             ParamMap(m + "self_attention.linear_proj.weight", (attn + "o_proj.weight",),
                      _same, _one, masked=True),
-            ParamMap(m + "pre_mlp_layernorm.weight", (h + "post_attention_layernorm.weight",),
+            ParamMap(m + "pre_mlp_layernorm.weight", (h + pre_mlp + ".weight",),
                      _same, _one),
             ParamMap(m + "mlp.linear_fc1.weight", (mlp + "gate_proj.weight", mlp + "up_proj.weight"),
                      lambda gate, up: torch.cat([gate, up]), _halves, masked=True),

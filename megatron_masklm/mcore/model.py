@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from ..architecture import ModelShape
 from ..masking import MaskConfig, MaskState, apply_prior_, is_exact_nm
-from . import compat
+from . import compat, features
 from .attention import with_sdpa_attention
 from .layers import MaskedLinearMixin
 from .spec import MASKED_LINEAR_CLASSES, get_masked_gpt_layer_spec
@@ -52,6 +53,9 @@ def build_transformer_config(
         add_bias_linear=shape.add_bias_linear,
         add_qkv_bias=shape.add_qkv_bias,
         qk_layernorm=shape.qk_layernorm,
+        softmax_scale=shape.softmax_scale,
+        window_size=(shape.window_size - 1, 0) if shape.window_size else None,
+        window_attn_skip_freq=shape.window_attn_skip_freq if shape.window_size else None,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         tensor_model_parallel_size=tensor_model_parallel_size,
@@ -109,8 +113,10 @@ def build_masked_gpt_model(
     """
     config = config or build_transformer_config(shape)
     use_te = use_transformer_engine("auto") if use_te is None else use_te
+    _check_te_features(shape, use_te)
     spec = get_masked_gpt_layer_spec(mask_config, use_te=use_te, normalization=config.normalization,
                                      qk_layernorm=config.qk_layernorm)
+    spec = features.with_architecture_features(spec, shape)
     if sdpa_attention:
         spec = with_sdpa_attention(spec)
     model = _gpt_model(shape, config, spec, pre_process=pre_process, post_process=post_process)
@@ -132,8 +138,10 @@ def build_dense_gpt_model(shape: ModelShape, *, config: Optional[TransformerConf
     (its state-dict keys are the masked model's minus the logits). ``sdpa_attention`` computes
     the local spec's causal attention with torch's fused kernel (same maths, faster on CPU)."""
     config = config or build_transformer_config(shape)
+    _check_te_features(shape, use_te)
     spec = compat.gpt_layer_spec(use_te=use_te, normalization=config.normalization,
                                 qk_layernorm=config.qk_layernorm)
+    spec = features.with_architecture_features(spec, shape)
     if sdpa_attention:
         spec = with_sdpa_attention(spec)
     model = _gpt_model(shape, config, spec, pre_process=pre_process, post_process=post_process)
@@ -148,7 +156,11 @@ def _gpt_model(shape: ModelShape, config: TransformerConfig, spec, *, pre_proces
     if shape.vocab_size % tp:
         raise ValueError(f"vocab_size {shape.vocab_size} is not divisible by tensor-parallel size "
                          f"{tp}: pad the vocabulary to a multiple of {tp}")
-    return GPTModel(
+    final_norm = features.final_norm_class(shape)
+    if final_norm is not None:  # the block's own final norm, and this stage's layers
+        layers = shape.num_layers // config.pipeline_model_parallel_size
+        spec = TransformerBlockSubmodules(layer_specs=[spec] * layers, layer_norm=final_norm)
+    model = GPTModel(
         config=config,
         transformer_layer_spec=spec,
         vocab_size=shape.vocab_size,
@@ -161,6 +173,16 @@ def _gpt_model(shape: ModelShape, config: TransformerConfig, spec, *, pre_proces
         **({"rope_scaling": True, "rope_scaling_factor": shape.rope_scaling_factor}
            if shape.rope_scaling_factor else {}),
     )
+    features.install_hooks(model, shape)
+    return model
+
+
+def _check_te_features(shape: ModelShape, use_te: bool) -> None:
+    needs_local = [name for name in ("layernorm_zero_centered_gamma", "post_sublayer_norms")
+                   if getattr(shape, name)]
+    if use_te and needs_local:
+        raise ValueError(f"{shape.family} layers ({', '.join(needs_local)}) build with the local "
+                         "spec only in this release: use transformer_impl 'local'")
 
 
 def _check_every_block_linear_is_masked(model: torch.nn.Module) -> None:

@@ -302,6 +302,14 @@ PRESET_OPTIONS: Dict[str, Dict[str, Any]] = {
                      num_attention_heads=32, num_query_groups=8, kv_channels=128,
                      vocab_size=151936, max_position_embeddings=40960, rotary_base=1e6,
                      norm_eps=1e-6),
+    "mistral-7b": dict(family="mistral", num_layers=32, hidden_size=4096, ffn_hidden_size=14336,
+                       num_attention_heads=32, num_query_groups=8, vocab_size=32768,
+                       max_position_embeddings=32768, rotary_base=1e6),
+    "gemma3-270m": dict(family="gemma3", num_layers=18, hidden_size=640, ffn_hidden_size=2048,
+                        num_attention_heads=4, num_query_groups=1, kv_channels=256,
+                        vocab_size=262144, max_position_embeddings=32768, window_size=512,
+                        window_attn_skip_freq=6, rotary_base=1e6, rotary_base_local=1e4,
+                        norm_eps=1e-6, tied_embeddings=True),
     "smollm2-135m": dict(num_layers=30, hidden_size=576, ffn_hidden_size=1536,
                          num_attention_heads=9, num_query_groups=3, vocab_size=49152,
                          max_position_embeddings=8192, tied_embeddings=True),
@@ -434,6 +442,9 @@ def stage_parameters(arch: ModelShape, setup: Setup, stage: int) -> List[Param]:
                     weight(f"{prefix}.{name}.bias", biases[name])
                 params.append(Param(f"{prefix}.{name}.mask_logits",
                                     linear.numel // setup.m * setup.candidates, 4, True))
+                if arch.post_sublayer_norms and name in ("self_attention.linear_proj",
+                                                         "mlp.linear_fc2"):
+                    norm(f"{prefix}.{name}.post_norm")  # Gemma: the sublayer output's norm
                 if arch.qk_layernorm and name == "self_attention.linear_qkv":
                     for qk in "qk":  # one norm over a head's width, replicated over TP
                         norm(f"{prefix}.self_attention.{qk}_layernorm", arch.kv_channels)
@@ -549,6 +560,8 @@ def activation_bytes_per_layer(arch: ModelShape, setup: Setup) -> int:
     norms = 4 * e * sb * h // u  # each norm's input and its linear's input, twice
     if setup.train_weights and arch.normalization == "RMSNorm":
         norms += 2 * 4 * sb * h // u  # torch's RMSNorm keeps its fp32 output for the weight grad
+    if arch.post_sublayer_norms:  # the attention and MLP outputs before their norms
+        norms += 2 * e * sb * h // u
     if arch.qk_layernorm:  # the query and key heads before their norms
         norms += e * sb * (q + kv) // t
     if setup.recompute_granularity == "selective":

@@ -52,7 +52,7 @@ def _tp2_logits(*, rank, init_method, checkpoint, tokens):
     return torch.cat(parts, dim=-1)  # the vocabulary is split over TP ranks
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_megatron_logits_equal_transformers_at_tp2(tmp_path, family):
     """Qwen2's fused QKV bias is split over the ranks like the weight rows; Qwen3's per-head
     QK-norm is replicated."""

@@ -43,6 +43,10 @@ GPT_MHA = ModelShape(family="gpt", num_layers=2, hidden_size=48, ffn_hidden_size
 QWEN2_GQA = ModelShape(family="qwen2", num_layers=2, hidden_size=40, ffn_hidden_size=72,
                        num_attention_heads=4, num_query_groups=2, vocab_size=100,
                        max_position_embeddings=64)  # a bias on linear_qkv only
+GEMMA3_GQA = ModelShape(family="gemma3", num_layers=2, hidden_size=40, ffn_hidden_size=72,
+                        num_attention_heads=4, num_query_groups=2, kv_channels=12,
+                        vocab_size=100, max_position_embeddings=64, window_size=16,
+                        window_attn_skip_freq=2, rotary_base_local=100.0)  # post-norms, (1+w)
 QWEN3_GQA = ModelShape(family="qwen3", num_layers=2, hidden_size=40, ffn_hidden_size=72,
                        num_attention_heads=4, num_query_groups=2, kv_channels=12,
                        vocab_size=100, max_position_embeddings=64)  # QK-norm, heads 4 x 12 != 40
@@ -59,6 +63,8 @@ CASES = {
         dataclasses.replace(LLAMA_GQA, tied_embeddings=True), Setup(train_weights=True)),
     "llama_gqa_untied_bf16_adam": (LLAMA_GQA, Setup(bf16=True, use_distributed_optimizer=False)),
     "qwen2_gqa_untied_fp32_distopt_train_weights": (QWEN2_GQA, Setup(train_weights=True)),
+    "gemma3_gqa_tied_fp32_distopt": (dataclasses.replace(GEMMA3_GQA, tied_embeddings=True),
+                                     Setup()),
     "llama_gqa_untied_bf16_adam_train_weights": (  # RMSNorm keeps fp32 copies for its weights
         LLAMA_GQA, Setup(bf16=True, use_distributed_optimizer=False, train_weights=True)),
     "qwen3_gqa_tied_bf16_adam": (dataclasses.replace(QWEN3_GQA, tied_embeddings=True),
@@ -81,6 +87,8 @@ def run_options(arch: ModelShape, setup: Setup) -> dict:
         family=arch.family, num_layers=arch.num_layers, hidden_size=arch.hidden_size,
         ffn_hidden_size=arch.ffn_hidden_size, num_attention_heads=arch.num_attention_heads,
         num_query_groups=arch.num_query_groups, kv_channels=arch.kv_channels, vocab_size=vocab,
+        window_size=arch.window_size, window_attn_skip_freq=arch.window_attn_skip_freq,
+        rotary_base_local=arch.rotary_base_local,
         max_position_embeddings=arch.max_position_embeddings,
         tied_embeddings=arch.tied_embeddings, pattern=f"{setup.n}:{setup.m}",
         tensor_model_parallel_size=setup.tensor_model_parallel_size,
@@ -199,6 +207,7 @@ def test_the_cases_cover_what_they_claim(measured):
     assert not any(n.endswith("linear_proj.bias") for n in names["qwen2_gqa_untied_fp32_distopt_train_weights"])
     assert ("decoder.layers.0.self_attention.q_layernorm.weight"
             in names["qwen3_gqa_tied_bf16_adam"])
+    assert "decoder.layers.1.mlp.linear_fc2.post_norm.weight" in names["gemma3_gqa_tied_fp32_distopt"]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -24,18 +24,32 @@ LLAMA2_SHAPES = {
 }
 LLAMA2_COMMON = dict(family="llama", vocab_size=32000, max_position_embeddings=4096,
                      rotary_base=10000.0, norm_eps=1e-5, tied_embeddings=False)
-# Independent reference: the HF config.json of Qwen/Qwen2.5-7B and Qwen/Qwen3-8B.
-QWEN_SHAPES = {
+# Independent reference: the HF config.json of Qwen/Qwen2.5-7B, Qwen/Qwen3-8B,
+# mistralai/Mistral-7B-v0.3 and google/gemma-3-270m.
+FAMILY_SHAPES = {
     "qwen2_5_7b": dict(family="qwen2", num_layers=28, hidden_size=3584, ffn_hidden_size=18944,
                        num_attention_heads=28, num_query_groups=4, kv_channels=128,
                        vocab_size=152064, max_position_embeddings=32768, rotary_base=1e6,
                        norm_eps=1e-6, tied_embeddings=False, add_qkv_bias=True,
-                       qk_layernorm=False, tensor_model_parallel_size=4),
+                       qk_layernorm=False, tensor_model_parallel_size=4, sequence_parallel=True),
     "qwen3_8b": dict(family="qwen3", num_layers=36, hidden_size=4096, ffn_hidden_size=12288,
                      num_attention_heads=32, num_query_groups=8, kv_channels=128,
                      max_position_embeddings=40960, rotary_base=1e6, norm_eps=1e-6,
                      tied_embeddings=False, add_qkv_bias=False, qk_layernorm=True,
-                     tensor_model_parallel_size=8),
+                     tensor_model_parallel_size=8, sequence_parallel=True),
+    "mistral_7b": dict(family="mistral", num_layers=32, hidden_size=4096, ffn_hidden_size=14336,
+                       num_attention_heads=32, num_query_groups=8, kv_channels=128,
+                       vocab_size=32768, max_position_embeddings=32768, rotary_base=1e6,
+                       norm_eps=1e-5, tied_embeddings=False, tensor_model_parallel_size=8,
+                       sequence_parallel=True),
+    "gemma3_270m": dict(family="gemma3", num_layers=18, hidden_size=640, ffn_hidden_size=2048,
+                        num_attention_heads=4, num_query_groups=1, kv_channels=256,
+                        vocab_size=262144, max_position_embeddings=32768, window_size=512,
+                        window_attn_skip_freq=6, rotary_base=1e6, rotary_base_local=1e4,
+                        norm_eps=1e-6, tied_embeddings=True, qk_layernorm=True,
+                        post_sublayer_norms=True, layernorm_zero_centered_gamma=True,
+                        scale_embeddings=True, activation="gelu_tanh",
+                        tensor_model_parallel_size=1, sequence_parallel=False),
 }
 RECIPE = dict(tensor_model_parallel_size=8, bf16=True, sequence_parallel=True,
               global_batch_size=256, micro_batch_size=1, seq_length=4096, train_iters=2000,
@@ -68,23 +82,24 @@ def test_every_config_is_a_valid_run_config(path):
 
 def test_the_configs_that_exist():
     assert {p.stem for p in CONFIGS} >= {"llama2_7b", "llama2_13b", "qwen2_5_7b", "qwen3_8b",
-                                         "tiny_cpu"}
+                                         "mistral_7b", "gemma3_270m", "tiny_cpu"}
 
 
-@pytest.mark.parametrize("name", sorted(QWEN_SHAPES))
-def test_qwen_configs_have_the_hf_shape_the_recipe_and_a_memory_preset(name):
+@pytest.mark.parametrize("name", sorted(FAMILY_SHAPES))
+def test_family_configs_have_the_hf_shape_the_recipe_and_a_memory_preset(name):
     from megatron_masklm.training import memory
 
     _, config = _config(EXAMPLES / "configs" / f"{name}.yaml")
     flat = _flat(config)
-    recipe = {k: v for k, v in RECIPE.items() if k != "tensor_model_parallel_size"}
-    for key, expected in {**QWEN_SHAPES[name], **recipe}.items():
+    recipe = {k: v for k, v in RECIPE.items()
+              if k not in ("tensor_model_parallel_size", "sequence_parallel")}
+    for key, expected in {**FAMILY_SHAPES[name], **recipe}.items():
         assert flat[key] == pytest.approx(expected) if isinstance(expected, float) \
             else flat[key] == expected, (key, flat[key], expected)
     assert flat["tokenizer_type"] == "HuggingFaceTokenizer"
-    preset = memory.PRESETS[name.replace("_5", ".5").replace("_", "-")]
-    assert {k: getattr(preset, k) for k in QWEN_SHAPES[name] if hasattr(preset, k)} == {
-        k: flat[k] for k in QWEN_SHAPES[name] if hasattr(preset, k)}
+    preset = memory.PRESETS[name.replace("_5_", ".5_").replace("_", "-")]
+    assert {k: getattr(preset, k) for k in FAMILY_SHAPES[name] if hasattr(preset, k)} == {
+        k: flat[k] for k in FAMILY_SHAPES[name] if hasattr(preset, k)}
 
 
 @pytest.mark.parametrize("name", sorted(LLAMA2_SHAPES))

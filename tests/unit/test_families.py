@@ -15,7 +15,7 @@ from test_convert import megatron_logits  # noqa: E402
 
 from megatron_masklm.architecture import FAMILY_SWITCHES, ModelShape, padded_vocab_size  # noqa: E402
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma3"]
 TOKENS = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
 
 
@@ -38,8 +38,13 @@ def test_round_trip_is_bit_identical_and_logits_match(tmp_path, family, tied):
     shape = json.load(open(tmp_path / "mg" / "model_shape.json"))
     assert shape["family"] == family
     assert shape["add_qkv_bias"] == (family == "qwen2")
-    assert shape["qk_layernorm"] == (family == "qwen3")
-    assert shape["kv_channels"] == (24 if family == "qwen3" else 16)
+    assert shape["qk_layernorm"] == (family in ("qwen3", "gemma3"))
+    assert shape["kv_channels"] == (24 if family in ("qwen3", "gemma3") else 16)
+    if family == "gemma3":  # every Gemma piece is in the shape, and each one changes the logits
+        assert (shape["window_size"], shape["window_attn_skip_freq"], shape["rotary_base_local"],
+                shape["rotary_base"], shape["softmax_scale"]) == (5, 2, 100.0, 5000.0, 20 ** -0.5)
+        assert shape["post_sublayer_norms"] and shape["scale_embeddings"]
+        assert shape["layernorm_zero_centered_gamma"] and shape["activation"] == "gelu_tanh"
     ours = megatron_logits(str(tmp_path / "mg"), TOKENS)[..., :100]
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
@@ -74,6 +79,9 @@ def test_a_config_written_from_the_shape_alone_gives_the_same_model(tmp_path, fa
     ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=1),
      "sliding-window layers"),
     ("llama", dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
+    ("gemma3", dict(final_logit_softcapping=30.0), "final_logit_softcapping=30.0 is not supported"),
+    ("gemma3", dict(layer_types=["full_attention", "sliding_attention"]),
+     "not every 1th layer global"),
 ])
 def test_what_megatron_would_compute_differently_is_refused(tmp_path, family, overrides, message):
     from megatron_masklm.convert import convert_hf_to_megatron
@@ -87,9 +95,8 @@ def test_what_megatron_would_compute_differently_is_refused(tmp_path, family, ov
 def test_an_unsupported_family_is_refused_by_name():
     from megatron_masklm.convert.hf_config import shape_from_hf_config
 
-    config = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text"}
-    with pytest.raises(ValueError, match="'Gemma3ForCausalLM'.*post-sublayer norms.*own RoPE "
-                                         "base.*Qwen3ForCausalLM"):
+    config = {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2"}
+    with pytest.raises(ValueError, match="'Gemma2ForCausalLM'.*soft-capping.*Gemma3ForCausalLM"):
         shape_from_hf_config(config)
     with pytest.raises(ValueError, match="'PhiForCausalLM' .* is not supported: convert one of"):
         shape_from_hf_config({"architectures": ["PhiForCausalLM"]})
@@ -107,8 +114,12 @@ def test_a_shape_takes_its_family_switches_unless_set():
     assert ModelShape(family="qwen2", **base).qkv_bias
     assert ModelShape(family="llama", add_qkv_bias=True, **base).add_qkv_bias  # explicit wins
     assert set(FAMILY_SWITCHES["llama"]) == set(FAMILY_SWITCHES["gpt"])
-    with pytest.raises(ValueError, match="'gemma3' is not one of"):
-        ModelShape(family="gemma3", **base)
+    with pytest.raises(ValueError, match="'gemma2' is not one of"):
+        ModelShape(family="gemma2", **base)
+    gemma = ModelShape(family="gemma3", window_size=8, window_attn_skip_freq=3, **base)
+    assert [gemma.is_window_layer(n) for n in range(1, 7)] == [True, True, False] * 2
+    with pytest.raises(ValueError, match="post_sublayer_norms with add_bias_linear"):
+        ModelShape(family="gemma3", add_bias_linear=True, **base)
     with pytest.raises(ValueError, match="activation 'relu2' is not one of"):
         ModelShape(activation="relu2", **base)
     with pytest.raises(ValueError, match="set kv_channels"):
@@ -139,7 +150,7 @@ def test_a_feature_megatron_core_cannot_build_is_an_error_not_dropped():
         compat._supported_kwargs(spec, dict(qk_layernorm=True, qk_l2_norm=True))
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma3"])
 def test_masked_model_of_each_family_is_the_dense_one_with_its_masks_applied(family):
     """The masked builder takes the family's spec (QK-norm, QKV bias): every block linear is
     masked, only the logits train, and the output is the dense model's with each weight
@@ -147,8 +158,10 @@ def test_masked_model_of_each_family_is_the_dense_one_with_its_masks_applied(fam
     from megatron_masklm.convert.output import megatron_world_of_one
     from megatron_masklm.masking import MaskConfig
 
-    shape = ModelShape(family=family, num_layers=1, hidden_size=64, ffn_hidden_size=96,
-                       num_attention_heads=4, num_query_groups=2, kv_channels=24, vocab_size=128)
+    gemma = dict(window_size=5, window_attn_skip_freq=2, rotary_base_local=100.0)
+    shape = ModelShape(family=family, num_layers=2 if family == "gemma3" else 1, hidden_size=64,
+                       ffn_hidden_size=96, num_attention_heads=4, num_query_groups=2,
+                       kv_channels=24, vocab_size=128, **(gemma if family == "gemma3" else {}))
     with megatron_world_of_one() as (mcore, _):
         torch.manual_seed(0)
         dense = mcore.build_dense_gpt_model(shape).eval()
@@ -167,9 +180,10 @@ def test_masked_model_of_each_family_is_the_dense_one_with_its_masks_applied(fam
                 dense.get_parameter(name + ".weight").mul_(layer.hard_mask())
             torch.testing.assert_close(masked(TOKENS, positions, None),
                                        dense(TOKENS, positions, None), rtol=1e-6, atol=1e-6)
-    extra = "q_layernorm" if family == "qwen3" else "linear_qkv.bias"
+    extra = {"qwen2": "linear_qkv.bias", "qwen3": "q_layernorm",
+             "gemma3": "linear_fc2.post_norm"}[family]
     assert any(extra in name for name, _ in dense.named_parameters())
-    assert set(layers) == {f"decoder.layers.0.{p}" for p in (
+    assert set(layers) == {f"decoder.layers.{i}.{p}" for i in range(shape.num_layers) for p in (
         "self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1",
         "mlp.linear_fc2")}
     assert trainable and all(n.endswith("mask_logits") for n in trainable)
