@@ -31,4 +31,8 @@ step sgpt_updated.json ev --load "$W/sgpt_updated" --output "$W/sgpt_updated.jso
 step data/train_text_document.idx "$PY" tools/preprocess_data.py --input "$T/train.txt" --output-prefix "$W/data/train" --tokenizer-type HuggingFaceTokenizer --tokenizer-model "$W/mg/tokenizer" --append-eod --text-mode paragraphs --workers 2 --no-progress
 step run/latest_checkpointed_iteration.txt timed train sh -c "'$PY' -m torch.distributed.run --standalone --nproc_per_node 1 -m megatron_masklm.train --pretrained-checkpoint '$W/mg' --prior-mask '$W/prior.npz' --pattern 2:4 --data-path '$W/data/train_text_document' --split 100,0,0 --micro-batch-size 2 --global-batch-size 4 --seq-length 512 --train-iters ${ITERS:-8} --lr 1e-3 --min-lr 1e-4 --eval-iters 0 --log-interval 1 --save '$W/run' --save-interval 1000 > '$W/train.log' 2>&1"
 step learned.json ev --load "$W/run" --output "$W/learned.json"
+# the prior's mask on the original weights: the dense HF model with the prior applied
+step hf/config.json "$PY" tools/convert_megatron_to_hf.py --load-dir "$W/mg" --save-dir "$W/hf"
+step prior_hf.npz "$PY" "$HERE/prior_hf.py" "$W/mg" "$W/prior.npz" "$W/prior_hf.npz" 262144
+step sgpt_prior.json "$PY" tools/eval_ppl.py --hf-dir "$W/hf" --masks "$W/prior_hf.npz" --text "$T/eval.txt" --bos --no-progress --output "$W/sgpt_prior.json" > /dev/null
 "$PY" "$HERE/summarize.py" "$W"

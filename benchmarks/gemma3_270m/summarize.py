@@ -12,6 +12,7 @@ def read(workdir, name):
 def main(workdir):
     rows = []
     for name, method, tokens in (("dense.json", "dense (dequantised Q4_K_M)", 0),
+                                 ("sgpt_prior.json", "SparseGPT mask, original weights (the prior)", 0),
                                  ("sgpt_updated.json", "SparseGPT, updated weights", 0),
                                  ("learned.json", "MaskLLM (learned, frozen weights, SparseGPT prior)", None)):
         result = read(workdir, name)
