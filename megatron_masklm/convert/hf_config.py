@@ -175,15 +175,7 @@ def hf_config_from_shape(shape: ModelShape, *, vocab_size: int, torch_dtype: str
     if shape.family == "gemma3":
         return _gemma3_config(shape, vocab_size=vocab_size, torch_dtype=torch_dtype)
     config = {
-        "architectures": [arch],
-        "model_type": model_type,
-        "hidden_size": shape.hidden_size,
-        "intermediate_size": shape.ffn_hidden_size,
-        "num_hidden_layers": shape.num_layers,
-        "num_attention_heads": shape.num_attention_heads,
-        "num_key_value_heads": shape.groups,
-        "head_dim": shape.kv_channels,
-        "vocab_size": vocab_size,
+        **_layout_keys(shape, arch, model_type, vocab_size),
         "max_position_embeddings": shape.max_position_embeddings,
         "rope_theta": shape.rotary_base,
         "rms_norm_eps": shape.norm_eps,
@@ -207,17 +199,9 @@ def _gemma3_config(shape: ModelShape, *, vocab_size: int, torch_dtype: str) -> D
              for i in range(shape.num_layers)]
     local = shape.rotary_base_local or shape.rotary_base
     return {
-        "architectures": ["Gemma3ForCausalLM"],
-        "model_type": "gemma3_text",
-        "hidden_size": shape.hidden_size,
-        "intermediate_size": shape.ffn_hidden_size,
-        "num_hidden_layers": shape.num_layers,
-        "num_attention_heads": shape.num_attention_heads,
-        "num_key_value_heads": shape.groups,
-        "head_dim": shape.kv_channels,
+        **_layout_keys(shape, *FAMILY_ARCHITECTURES["gemma3"], vocab_size),
         "query_pre_attn_scalar": (shape.kv_channels if shape.softmax_scale is None
                                   else round(shape.softmax_scale ** -2)),
-        "vocab_size": vocab_size,
         "max_position_embeddings": shape.max_position_embeddings,
         "rms_norm_eps": shape.norm_eps,
         "tie_word_embeddings": shape.tied_embeddings,
@@ -233,3 +217,12 @@ def _gemma3_config(shape: ModelShape, *, vocab_size: int, torch_dtype: str) -> D
         "attn_logit_softcapping": None,
         "torch_dtype": torch_dtype,
     }
+
+
+def _layout_keys(shape: ModelShape, arch: str, model_type: str, vocab_size: int) -> Dict[str, Any]:
+    """The config.json keys every family writes the same way."""
+    return {"architectures": [arch], "model_type": model_type, "hidden_size": shape.hidden_size,
+            "intermediate_size": shape.ffn_hidden_size, "num_hidden_layers": shape.num_layers,
+            "num_attention_heads": shape.num_attention_heads,
+            "num_key_value_heads": shape.groups, "head_dim": shape.kv_channels,
+            "vocab_size": vocab_size}
