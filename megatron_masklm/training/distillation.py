@@ -72,6 +72,22 @@ class _VocabParallelKL(torch.autograd.Function):
         return grad.to(ctx.dtype), None, None, None, None
 
 
+def sequence_major_grad(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` ([b, s, ...], what Megatron's GPTModel returns: its [s, b, ...] output
+    transposed and copied), with the gradient that flows back laid out [s, b, ...]-contiguous.
+
+    Without it the output layer's input gradient is a transposed, non-contiguous [s, b, V]
+    tensor. torch's CPU matmul then takes its batched path, whose oneDNN bf16 kernel tries to
+    copy the broadcast weight (b x V x h elements: 29 GB for SmolLM2 at 2 x 512 tokens), fails,
+    and falls back to a reference kernel for every bf16 matmul of the process after it: bf16
+    distillation steps went from ~13 s to ~220 s. In fp32 that one matmul still took 2-3x
+    longer. Converting the layout here costs one copy of the logits' gradient.
+    """
+    if logits.requires_grad and logits.dim() >= 2:
+        logits.register_hook(lambda grad: grad.transpose(0, 1).contiguous().transpose(0, 1))
+    return logits
+
+
 def vocab_parallel_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
                       temperature: float = 1.0, vocab_start: int = 0,
                       vocab_size: Optional[int] = None, group=None) -> torch.Tensor:

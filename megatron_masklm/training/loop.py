@@ -24,7 +24,7 @@ from . import checkpointing
 from .builders import build_data, build_model_and_optimizer, build_tokenizer_for
 from .checkpointing import TrainState
 from .config import DistillConfig, RunConfig
-from .distillation import vocab_parallel_kl
+from .distillation import sequence_major_grad, vocab_parallel_kl
 from .monitor import MetricsLogger, peak_memory_bytes, perplexity
 from .run_lock import holding_run_dir
 
@@ -123,6 +123,7 @@ def _distill_forward_step(data_iterator: Iterator, model, *, distill: DistillCon
 
     def loss_func(logits):
         teacher = batch.pop("teacher_logits")
+        logits = sequence_major_grad(logits)  # keeps the output layer's matmuls on fast kernels
         group = parallel_state.get_tensor_model_parallel_group()
         vocab_start = parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
         kl = vocab_parallel_kl(logits, teacher, temperature=distill.distill_temperature,

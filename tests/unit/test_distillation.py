@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distill_reference import reference_kl
-from megatron_masklm.training.distillation import vocab_parallel_kl
+from megatron_masklm.training.distillation import sequence_major_grad, vocab_parallel_kl
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
@@ -60,3 +60,32 @@ def test_distill_options_are_checked():
         run_config_from_options(dict(base, distill_weight=1.0, distill_temperature=0.0))
     with pytest.raises(ValueError, match="needs frozen weights"):
         run_config_from_options(dict(base, distill_weight=1.0, train_weights=True))
+
+
+def test_the_logits_gradient_reaches_the_output_layer_sequence_major_and_unchanged():
+    """GPTModel hands back its [s, b, V] logits transposed and copied to [b, s, V]; the
+    gradient must come back [s, b, V]-contiguous (a transposed one sends torch's CPU bf16
+    matmul to a reference kernel for the rest of the process) and with the same values."""
+    torch.manual_seed(0)
+    s, b, v = 6, 3, 11
+    hidden = torch.randn(s, b, v, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(b, s, v, dtype=torch.float64)
+    grads = {}
+    for wrapped in (False, True):
+        seen = []
+        output = hidden * 1.0  # the output layer's result, [s, b, V]
+        output.register_hook(seen.append)
+        logits = output.transpose(0, 1).contiguous()
+        if wrapped:
+            logits = sequence_major_grad(logits)
+        loss = vocab_parallel_kl(logits, teacher).sum() + logits.logsumexp(-1).pow(2).sum()
+        loss.backward()
+        grads[wrapped] = (seen[0].is_contiguous(), hidden.grad.clone())
+        hidden.grad = None
+    assert grads[True][0] and not grads[False][0]
+    torch.testing.assert_close(grads[True][1], grads[False][1], rtol=0, atol=0)
+
+
+def test_sequence_major_grad_leaves_tensors_without_gradient_alone():
+    frozen = torch.randn(2, 3, 4)
+    assert sequence_major_grad(frozen) is frozen and not frozen._backward_hooks
