@@ -406,7 +406,8 @@ def main(argv=None) -> None:
 
     ppl = {row["method"]: row["ppl"] for row in rows}
     dense, learned_ppl = rows[0]["ppl"], ppl[label]
-    summary = {"preset": args.preset, "settings": s, "tp": args.tp, "threads": args.threads,
+    settings = dict(s, committed=_shown(s["committed"])) if s.get("committed") else s
+    summary = {"preset": args.preset, "settings": settings, "tp": args.tp, "threads": args.threads,
                "learned_from": os.path.relpath(args.learned, REPO) if args.learned else None,
                "eval_windows": learned["windows"], "eval_scored_tokens": learned["scored_tokens"],
                "methods": [{"method": r["method"], "eval_ppl": r["ppl"], "exact_nm": r["exact"],

@@ -192,3 +192,21 @@ def test_main_trains_before_the_slow_evaluations_and_scores_the_exported_mask(
     summary = json.load(open(tmp_path / "results.json"))
     assert [m["eval_ppl"] for m in summary["methods"]] == [14.0, 2000.0, 90.0, 55.0, 30.0]
     assert summary["gap_closed_vs_sparsegpt"] == pytest.approx((55.0 - 30.0) / (55.0 - 14.0))
+
+
+def test_committed_quick_run_is_the_current_preset_and_its_learned_mask_leads(bench):
+    """quick/results.json backs the README's main-job table: it was made by today's quick
+    preset, within 15 minutes, and its own learned mask beats its prior and SparseGPT with
+    updated weights on the same windows (exactly 2:4)."""
+    with open(os.path.join(ROOT, "benchmarks", "smollm2_cpu", "quick", "results.json")) as f:
+        result = json.load(f)
+    preset = json.loads(json.dumps(bench.PRESETS["quick"]))  # tuples as JSON lists
+    preset["committed"] = os.path.relpath(preset["committed"], ROOT)
+    assert result["preset"] == "quick" and result["settings"] == preset
+    assert result["pipeline_wall_s"] <= 15 * 60
+    ppl = {row["method"]: row for row in result["methods"]}
+    learned = ppl["MaskLLM (learned, frozen weights, SparseGPT prior, distilled)"]
+    assert learned["exact_nm"] and learned["train_tokens"] == 30 * 2 * 512
+    for baseline in ("SparseGPT mask, original weights (the prior)", "SparseGPT, updated weights"):
+        assert learned["eval_ppl"] < ppl[baseline]["eval_ppl"]
+    assert {row["eval_windows"] for row in result["rows"]} == {16}
