@@ -79,9 +79,10 @@ def sequence_major_grad(logits: torch.Tensor) -> torch.Tensor:
     Without it the output layer's input gradient is a transposed, non-contiguous [s, b, V]
     tensor. torch's CPU matmul then takes its batched path, whose oneDNN bf16 kernel tries to
     copy the broadcast weight (b x V x h elements: 29 GB for SmolLM2 at 2 x 512 tokens), fails,
-    and falls back to a reference kernel for every bf16 matmul of the process after it: bf16
-    distillation steps went from ~13 s to ~220 s. In fp32 that one matmul still took 2-3x
-    longer. Converting the layout here costs one copy of the logits' gradient.
+    and falls back to a reference kernel for every bf16 matmul of the process after it: a bf16
+    distilled step of 2 x 512 tokens took 210-220 s (the test suite sharing the cores), ~10 s
+    with this hook. In fp32 that one matmul still took 2-3x longer. Converting the layout here
+    costs one copy of the logits' gradient.
     """
     if logits.requires_grad and logits.dim() >= 2:
         logits.register_hook(lambda grad: grad.transpose(0, 1).contiguous().transpose(0, 1))

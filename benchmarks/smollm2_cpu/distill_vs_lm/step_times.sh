@@ -8,6 +8,7 @@ set -euo pipefail
 W=${1:?usage: $0 WORKDIR [PYTHON]}
 PY=${2:-python}
 out=$(mktemp -d)
+echo "logs in $out"
 for cfg in "fp32_lm:" "fp32_distill:--distill-weight 1.0" "bf16_lm:--bf16" "bf16_distill:--bf16 --distill-weight 1.0"; do
   name=${cfg%%:*}; flags=${cfg#*:}
   # shellcheck disable=SC2086
