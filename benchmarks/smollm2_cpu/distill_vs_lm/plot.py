@@ -4,9 +4,11 @@
 
 * val_ppl.png: the 30-step side-by-side (same recipe, same 122,880 tokens; lm_only.jsonl and
   distilled.jsonl in this folder);
-* full_runs.png: the two full runs whose masks are committed, ../full/ (180 steps, LM loss only,
-  bf16) and ../full_distilled/ (90 steps, distillation 1.0, fp32), each mask's EVAL-protocol
-  result as a star and the one-shot rows of ../full/results.json as horizontal lines.
+* full_runs.png: the three full runs whose masks are committed, ../full/ (400 steps of 2 x 512,
+  hard sampling, distillation 1.0, bf16), ../full_soft/ (180 steps of 8 x 512, the paper's soft
+  sampling, LM loss only, bf16) and ../full_distilled/ (90 steps of 8 x 512, soft sampling,
+  distillation 1.0, fp32), each mask's EVAL-protocol result as a star and the one-shot rows of
+  ../full/results.json as horizontal lines.
 """
 import json
 import os
@@ -17,8 +19,9 @@ BENCH = os.path.dirname(HERE)
 sys.path.insert(0, BENCH)
 from run import plot  # noqa: E402
 
-FULL_RUNS = (("full", "MaskLLM, 180 steps, LM loss only (bf16)"),
-             ("full_distilled", "MaskLLM, 90 steps, LM loss + distillation 1.0 (fp32)"))
+FULL_RUNS = (("full", "MaskLLM, 400 steps, hard sampling + distillation 1.0 (bf16)"),
+             ("full_soft", "MaskLLM, 180 steps, soft sampling, LM loss only (bf16)"),
+             ("full_distilled", "MaskLLM, 90 steps, soft sampling + distillation 1.0 (fp32)"))
 
 
 def records(*parts):
@@ -49,4 +52,4 @@ if __name__ == "__main__":
          "SmolLM2-135M 2:4, full recipe's first 30 steps (122,880 tokens each)")
     curves, rows = full_runs()
     plot(curves, rows, os.path.join(HERE, "full_runs.png"),
-         "SmolLM2-135M 2:4, the two committed full runs (EVAL protocol as stars)")
+         "SmolLM2-135M 2:4, the three committed full runs (EVAL protocol as stars)")
