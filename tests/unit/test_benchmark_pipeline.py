@@ -127,7 +127,8 @@ def test_the_committed_learned_masks_are_complete_and_exactly_2_4(bench, name):
     preset = bench.PRESETS[name]
     trained, records = bench.learned_artifact(folder)
     assert trained["masks"] == os.path.join(folder, "masks.idx.npz")
-    assert trained["tokens"] == trained["iterations"] * preset["global_batch_size"] * 512
+    assert trained["tokens"] == (trained["iterations"] * preset["global_batch_size"]
+                                 * preset["seq_length"])
     assert trained["iterations"] == preset["train_iters"]
     evals = [r for r in records if r["kind"] == "eval"]
     assert evals and evals[-1]["tokens"] == trained["tokens"]
@@ -196,18 +197,27 @@ def test_main_trains_before_the_slow_evaluations_and_scores_the_exported_mask(
     assert summary["gap_closed_vs_sparsegpt"] == pytest.approx((55.0 - 30.0) / (55.0 - 14.0))
 
 
+LEARNED_DISTILLED = "MaskLLM (learned, frozen weights, SparseGPT prior, distilled)"
+
+
+def _committed_run(bench, name):
+    """(results.json of the committed run in benchmarks/smollm2_cpu/NAME, PRESETS[NAME] as that
+    file stores settings, its method rows by name)."""
+    with open(os.path.join(ROOT, "benchmarks", "smollm2_cpu", name, "results.json")) as f:
+        result = json.load(f)
+    preset = json.loads(json.dumps(bench.PRESETS[name]))  # tuples as JSON lists
+    return result, preset, {row["method"]: row for row in result["methods"]}
+
+
 def test_committed_quick_run_is_the_current_preset_and_its_learned_mask_leads(bench):
     """quick/results.json backs the README's main-job table: it was made by today's quick
     preset, within 15 minutes, and its own learned mask beats its prior and SparseGPT with
     updated weights on the same windows (exactly 2:4)."""
-    with open(os.path.join(ROOT, "benchmarks", "smollm2_cpu", "quick", "results.json")) as f:
-        result = json.load(f)
-    preset = json.loads(json.dumps(bench.PRESETS["quick"]))  # tuples as JSON lists
+    result, preset, ppl = _committed_run(bench, "quick")
     preset["committed"] = os.path.relpath(preset["committed"], ROOT)
     assert result["preset"] == "quick" and result["settings"] == preset
     assert result["pipeline_wall_s"] <= 15 * 60
-    ppl = {row["method"]: row for row in result["methods"]}
-    learned = ppl["MaskLLM (learned, frozen weights, SparseGPT prior, distilled)"]
+    learned = ppl[LEARNED_DISTILLED]
     assert learned["exact_nm"] and learned["train_tokens"] == 30 * 2 * 512
     for baseline in ("SparseGPT mask, original weights (the prior)", "SparseGPT, updated weights"):
         assert learned["eval_ppl"] < ppl[baseline]["eval_ppl"]
@@ -218,14 +228,11 @@ def test_committed_full_run_is_the_current_preset_and_beats_sparsegpt_on_all_win
     """full/results.json backs the headline table: made by today's full preset, its mask learned
     in under 2 CPU-hours of training steps, scored on all 210 EVAL windows, exactly 2:4 and ahead
     of SparseGPT with updated weights; the gap it states follows from its own rows."""
-    with open(os.path.join(ROOT, "benchmarks", "smollm2_cpu", "full", "results.json")) as f:
-        result = json.load(f)
-    preset = json.loads(json.dumps(bench.PRESETS["full"]))  # tuples as JSON lists
+    result, preset, ppl = _committed_run(bench, "full")
     preset["methods"] = result["settings"]["methods"]  # the run's --methods (Wanda: see README)
     assert result["preset"] == "full" and result["settings"] == preset
     assert result["eval_windows"] == 210 and result["train"]["train_seconds"] <= 2 * 3600
-    ppl = {row["method"]: row for row in result["methods"]}
-    learned = ppl["MaskLLM (learned, frozen weights, SparseGPT prior, distilled)"]
+    learned = ppl[LEARNED_DISTILLED]
     assert learned["exact_nm"] and learned["train_tokens"] == (
         preset["train_iters"] * preset["global_batch_size"] * preset["seq_length"])
     dense = ppl["dense (dequantised Q4_1)"]["eval_ppl"]
