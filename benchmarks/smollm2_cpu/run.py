@@ -251,6 +251,23 @@ class Pipeline:
         return self.cached(f"eval_{name}", compute)
 
 
+RESULT_DIRS = ("steps", "logs", "oneshot", "eval", "maskllm", "lm_only", "megatron", "data")
+RESULT_FILES = ("maskllm_masks.idx.npz", "lm_only_masks.idx.npz", "results.json", "results.md",
+                "val_ppl.png")
+
+
+def clear_results(workdir: str) -> None:
+    """``--fresh``: delete everything a run computed in ``workdir``, keep the downloaded and
+    prepared assets (the model, the text)."""
+    workdir = os.path.abspath(workdir)
+    for sub in RESULT_DIRS:
+        shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
+    for name in RESULT_FILES:
+        path = os.path.join(workdir, name)
+        if os.path.exists(path):
+            os.remove(path)
+
+
 def read_log(run_dir: str):
     from megatron_masklm.training.plot import read_log as read
 
@@ -347,8 +364,7 @@ def main(argv=None) -> None:
                                                              "(the downloaded assets are kept)")
     args = parser.parse_args(argv)
     if args.fresh:
-        for sub in ("steps", "logs", "oneshot", "eval", "maskllm", "lm_only", "megatron", "data"):
-            shutil.rmtree(os.path.join(os.path.abspath(args.workdir), sub), ignore_errors=True)
+        clear_results(args.workdir)
     pipe = Pipeline(args)
     s = pipe.settings
     started = time.perf_counter()

@@ -40,6 +40,23 @@ def test_presets_and_overrides(bench, tmp_path):
         assert os.path.isdir(tmp_path / sub)
 
 
+def test_fresh_deletes_every_result_and_keeps_the_assets(bench, tmp_path):
+    """A fresh run must not meet its previous run's outputs (an exported mask file made the
+    export step of a --fresh quick run fail: the tool refuses to overwrite)."""
+    bench.Pipeline(_args(tmp_path))
+    for name in ("maskllm", "oneshot/sparsegpt", "assets", "hf"):
+        os.makedirs(tmp_path / name, exist_ok=True)
+    for name in ("maskllm_masks.idx.npz", "results.json", "results.md", "val_ppl.png",
+                 "steps/train.json", "maskllm/latest_checkpointed_iteration.txt",
+                 "oneshot/sparsegpt/prior.npz", "eval.txt", "train.txt", "assets/a.gguf",
+                 "hf/config.json"):
+        (tmp_path / name).write_text("x")
+    bench.clear_results(str(tmp_path))
+    left = sorted(os.path.relpath(os.path.join(d, f), tmp_path)
+                  for d, _, files in os.walk(tmp_path) for f in files)
+    assert left == ["assets/a.gguf", "eval.txt", "hf/config.json", "train.txt"]
+
+
 def test_training_command_carries_the_recipe_and_the_ablation_drops_only_distillation(
         bench, tmp_path, monkeypatch):
     pipe = bench.Pipeline(_args(tmp_path))
