@@ -5,7 +5,7 @@
 * val_ppl.png: the 30-step side-by-side (same recipe, same 122,880 tokens; lm_only.jsonl and
   distilled.jsonl in this folder);
 * full_runs.png: the three full runs whose masks are committed, ../full/ (400 steps of 2 x 512,
-  hard sampling, distillation 1.0, bf16), ../full_soft/ (180 steps of 8 x 512, the paper's soft
+  hard sampling with tau 4 and kappa 100 held, distillation 1.0, bf16), ../full_soft/ (180 steps of 8 x 512, the paper's soft
   sampling, LM loss only, bf16) and ../full_distilled/ (90 steps of 8 x 512, soft sampling,
   distillation 1.0, fp32), each mask's EVAL-protocol result as a star and the one-shot rows of
   ../full/results.json as horizontal lines.
@@ -19,7 +19,8 @@ BENCH = os.path.dirname(HERE)
 sys.path.insert(0, BENCH)
 from run import plot  # noqa: E402
 
-FULL_RUNS = (("full", "MaskLLM, 400 steps, hard sampling + distillation 1.0 (bf16)"),
+FULL_RUNS = (("full",
+              "MaskLLM, 400 steps, hard sampling (tau, kappa held) + distillation 1.0 (bf16)"),
              ("full_soft", "MaskLLM, 180 steps, soft sampling, LM loss only (bf16)"),
              ("full_distilled", "MaskLLM, 90 steps, soft sampling + distillation 1.0 (fp32)"))
 
