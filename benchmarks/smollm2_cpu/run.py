@@ -73,7 +73,8 @@ PRESETS = {
                       train_args=("--bf16",)),
     # The committed mask in full_distilled/: distillation from the dense model (the same weights,
     # masks off), ahead of the LM loss alone per token early on (distill_vs_lm/), but a step
-    # costs ~49 s, so only 90 steps fit: 30.46 on EVAL, behind full_soft/'s 180 LM-only steps' 27.78.
+    # costs ~49 s, so only 90 steps fit: 30.46 on EVAL, behind full_soft/'s 180 LM-only steps'
+    # 27.78.
     # (That step time predates 187694c, which made a distilled step 1.31x an LM-only one in fp32.)
     "full_distilled": dict(calib_samples=128, eval_windows=None, methods=("sparsegpt",),
                            train_iters=90, micro_batch_size=4, global_batch_size=8,

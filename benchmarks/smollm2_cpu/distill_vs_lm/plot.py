@@ -5,10 +5,10 @@
 * val_ppl.png: the 30-step side-by-side (same recipe, same 122,880 tokens; lm_only.jsonl and
   distilled.jsonl in this folder);
 * full_runs.png: the three full runs whose masks are committed, ../full/ (400 steps of 2 x 512,
-  hard sampling with tau 4 and kappa 100 held, distillation 1.0, bf16), ../full_soft/ (180 steps of 8 x 512, the paper's soft
-  sampling, LM loss only, bf16) and ../full_distilled/ (90 steps of 8 x 512, soft sampling,
-  distillation 1.0, fp32), each mask's EVAL-protocol result as a star and the one-shot rows of
-  ../full/results.json as horizontal lines.
+  hard sampling with tau 4 and kappa 100 held, distillation 1.0, bf16), ../full_soft/ (180
+  steps of 8 x 512, the paper's soft sampling, LM loss only, bf16) and ../full_distilled/ (90
+  steps of 8 x 512, soft sampling, distillation 1.0, fp32), each mask's EVAL-protocol result as
+  a star and the one-shot rows of ../full/results.json as horizontal lines.
 """
 import json
 import os
