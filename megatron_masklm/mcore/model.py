@@ -100,7 +100,7 @@ def build_masked_gpt_model(
     mask_config: MaskConfig,
     *,
     config: Optional[TransformerConfig] = None,
-    use_te: Optional[bool] = None,
+    use_te: bool = False,
     pre_process: bool = True,
     post_process: bool = True,
     sdpa_attention: bool = False,
@@ -112,7 +112,6 @@ def build_masked_gpt_model(
     ``sdpa_attention`` as in :func:`build_dense_gpt_model` (local spec only).
     """
     config = config or build_transformer_config(shape)
-    use_te = use_transformer_engine("auto") if use_te is None else use_te
     _check_te_features(shape, use_te)
     spec = get_masked_gpt_layer_spec(mask_config, use_te=use_te, normalization=config.normalization,
                                      qk_layernorm=config.qk_layernorm)

@@ -1,5 +1,6 @@
 """Build what a run trains (model, DDP, optimizer, LR scheduler) and what it reads (data)."""
 import os
+import sys
 from typing import Optional, Tuple
 
 import torch
@@ -26,6 +27,10 @@ def build_model_and_optimizer(config: RunConfig):
         recompute = dict(recompute_granularity="selective")
     dtype = torch.bfloat16 if p.bf16 else torch.float32
     use_te = use_transformer_engine(p.transformer_impl)
+    if use_te and torch.distributed.get_rank() == 0:
+        print(f"warning: --transformer-impl {p.transformer_impl} uses Transformer Engine layers, "
+              "which this release has not verified on a GPU; --transformer-impl local is the "
+              "tested choice", file=sys.stderr, flush=True)
     if p.gradient_accumulation_fusion and not compat.grad_accum_fusion_available():
         raise ValueError("--gradient-accumulation-fusion needs apex's fused_weight_gradient_mlp_cuda "
                          "extension (NGC PyTorch containers ship it; Megatron's output layer uses "

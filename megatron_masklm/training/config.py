@@ -36,10 +36,11 @@ class ParallelConfig:
     """Activation recomputation: "full" or "selective" (None: keep activations)."""
     distributed_timeout_minutes: int = 30
     """Timeout of collective operations."""
-    transformer_impl: str = "auto"
-    """Layer implementation: "transformer_engine" (TE's fused linears and norms, CUDA), "local"
-    (torch modules) or "auto" (TE where it imports and a GPU is present). Checkpoints load
-    across them."""
+    transformer_impl: str = "local"
+    """Layer implementation: "local" (Megatron's torch modules, the tested default),
+    "transformer_engine" (TE's fused linears and norms, CUDA) or "auto" (TE where it imports and
+    a GPU is present). This release has not verified the TE layers on a GPU: a run that uses them
+    says so at start. Checkpoints load across them."""
     gradient_accumulation_fusion: bool = False
     """Accumulate weight gradients into main_grad inside the GEMM (GPU, apex's
     fused_weight_gradient_mlp_cuda). Masked linears take their weight gradient through autograd

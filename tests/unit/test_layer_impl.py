@@ -36,7 +36,7 @@ def test_options_on_the_command_line():
     from megatron_masklm.training.arguments import run_config_from_args
 
     parallel = run_config_from_args(CLI_SHAPE).parallel
-    assert (parallel.transformer_impl, parallel.gradient_accumulation_fusion) == ("auto", False)
+    assert (parallel.transformer_impl, parallel.gradient_accumulation_fusion) == ("local", False)
     parallel = run_config_from_args(CLI_SHAPE + ["--transformer-impl", "local",
                                                  "--gradient-accumulation-fusion"]).parallel
     assert (parallel.transformer_impl, parallel.gradient_accumulation_fusion) == ("local", True)
