@@ -129,10 +129,90 @@ def _check_known(options: Dict[str, Any], where: str) -> None:
             raise ValueError(f"unknown option {key!r} in {where}{hint}")
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _typed_scalar(value, tp):
+    """``value`` as type ``tp`` (bool, int, float, str), or None when it is not one."""
+    if tp is bool:
+        return value if isinstance(value, bool) else None
+    if tp is int:
+        if _number(value) and float(value).is_integer():
+            return int(value)  # 2 and 2.0, never 1.5
+        return None
+    if tp is float:
+        if _number(value):
+            return float(value)
+        try:  # PyYAML reads 5e-4 (no dot) as the string "5e-4"
+            return float(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+    if tp is str:
+        return value if isinstance(value, str) else (str(value) if _number(value) else None)
+    return value
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _typed_option(name: str, value, tp, where: str):
+    """``value`` converted to the field's annotation ``tp``; a ValueError naming the option,
+    the value and the type it takes otherwise (YAML hands over whatever the file says)."""
+    base = _unwrap_optional(tp)
+    if value is None:
+        if base is not tp:
+            return None
+        expected, converted = _EXPECTED.get(base, str(base)), None
+    elif typing.get_origin(base) is tuple:
+        items = list(value) if isinstance(value, (list, tuple)) else None
+        args = typing.get_args(base)
+        converted = None
+        if items is not None and len(items) == len(args):
+            converted = tuple(_typed_scalar(item, arg) for item, arg in zip(items, args))
+            converted = None if None in converted else converted
+        expected = f"{len(args)} numbers [START, END]"
+    elif typing.get_origin(base) is list:
+        items = value.split() if isinstance(value, str) else value
+        converted = None
+        if isinstance(items, (list, tuple)) and all(isinstance(i, str) or _number(i) for i in items):
+            converted = [str(item) for item in items]
+        expected = "a list of strings (or one string of words)"
+    else:
+        expected, converted = _EXPECTED.get(base, str(base)), _typed_scalar(value, base)
+    if converted is None:
+        key = _flag(name)[2:].replace("-", "_")  # as the user wrote it: hard_sampling, not hard
+        raise ValueError(f"{where}{key} is {value!r} ({type(value).__name__}), but it takes "
+                         f"{expected}")
+    return converted
+
+
+def typed_options(options: Dict[str, Any], *, where: str = "") -> Dict[str, Any]:
+    """``options`` with every value checked against (and converted to) its field's type."""
+    fields = option_fields()
+    typed = {}
+    for name, value in options.items():
+        if name == "pattern":
+            typed[name] = _typed_pattern(value, where)
+        else:
+            typed[name] = _typed_option(name, value, fields[name][2], where)
+    return typed
+
+
+def _typed_pattern(value, where: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"{where}pattern is {value!r}: YAML reads an unquoted N:M as a base-60 "
+                         f"number (2:4 is 124); quote it: pattern: \"2:4\"")
+    if not isinstance(value, str):
+        raise ValueError(f"{where}pattern is {value!r} ({type(value).__name__}), but it takes "
+                         f"a string N:M such as \"2:4\"")
+    return value
+
+
 def run_config_from_options(options: Dict[str, Any]) -> RunConfig:
     """A RunConfig from a flat ``{option name: value}`` mapping (YAML and CLI merged)."""
     _check_known(options, "the options")
-    options = dict(options)
+    options = typed_options(options)
     pattern = options.pop("pattern", None)
     sections: Dict[str, Dict[str, Any]] = {name: {} for name in SECTION_CLASSES}
     if pattern is not None:
@@ -144,12 +224,7 @@ def run_config_from_options(options: Dict[str, Any]) -> RunConfig:
         if name in fields and fields[name][0] == "model":
             sections["model"][name] = value
     for name, value in options.items():
-        section, _, tp = fields[name]
-        if typing.get_origin(_unwrap_optional(tp)) is tuple and isinstance(value, list):
-            value = tuple(value)
-        if typing.get_origin(_unwrap_optional(tp)) is list and isinstance(value, str):
-            value = value.split()
-        sections[section][name] = value
+        sections[fields[name][0]][name] = value
     if "vocab_size" in shape and options.get("vocab_size") not in (None, shape["vocab_size"]):
         sections["model"]["vocab_size"] = _checkpoint_vocab(options["vocab_size"], shape, sections)
     _resolve_tokenizer(sections, ckpt["pretrained_checkpoint"])
@@ -205,7 +280,7 @@ def run_config_from_args(argv: Optional[Sequence[str]] = None) -> RunConfig:
     if config_path:
         yaml_options = load_yaml_options(config_path)
         _check_known(yaml_options, f"--config {config_path!r}")
-        options.update(yaml_options)
+        options.update(typed_options(yaml_options, where=f"--config {config_path!r}: "))
     options.update(namespace)
     return run_config_from_options(options)
 
