@@ -12,6 +12,8 @@ Nothing here imports megatron.core; :func:`load_dense_weights` does, when called
 """
 import json
 import os
+import re
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 from .architecture import ModelShape
@@ -31,13 +33,16 @@ def iteration_dir(run_dir: str, iteration: int) -> str:
     return os.path.join(run_dir, f"iter_{iteration:07d}")
 
 
-def latest_checkpoint(run_dir: Optional[str]) -> Optional[str]:
-    """The directory the pointer of ``run_dir`` names, or None when there is no pointer."""
+def latest_checkpoint(run_dir: Optional[str], *, announce: Optional[str] = "using") -> Optional[str]:
+    """The directory the pointer of ``run_dir`` names; without a pointer, its newest complete
+    ``iter_*`` (or ``release``) checkpoint, said on stderr as "``announce`` it" (None: silently);
+    None when it holds no checkpoint at all. A pointer is written last, so a run killed between
+    a checkpoint's rename and the pointer's first write has complete checkpoints but no pointer."""
     if not run_dir:
         return None
     pointer = os.path.join(run_dir, POINTER_FILE)
     if not os.path.exists(pointer):
-        return None
+        return _newest_complete(run_dir, announce=announce)
     with open(pointer, encoding="utf-8") as handle:
         text = handle.read().strip()
     if text == RELEASE:
@@ -46,6 +51,35 @@ def latest_checkpoint(run_dir: Optional[str]) -> Optional[str]:
         return iteration_dir(run_dir, int(text))
     except ValueError:
         raise ValueError(f"checkpoint pointer {pointer!r} holds {text!r}, not an iteration") from None
+
+
+def _is_complete(directory: str) -> bool:
+    """A whole checkpoint: the dist checkpoint's metadata, and a training run's own metadata
+    (``release`` dirs, converted or pruned, have none)."""
+    own = os.path.basename(directory) == RELEASE or os.path.exists(os.path.join(directory, META_FILE))
+    return own and is_dist_checkpoint(directory)
+
+
+def _newest_complete(run_dir: str, *, announce: Optional[str]) -> Optional[str]:
+    try:
+        names = os.listdir(run_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    iterations = sorted((int(match.group(1)), name) for name in names
+                        if (match := re.fullmatch(r"iter_(\d+)", name)))
+    candidates = [name for _, name in reversed(iterations)] + [RELEASE] * (RELEASE in names)
+    if not candidates:
+        return None
+    for name in candidates:
+        if _is_complete(os.path.join(run_dir, name)):
+            if announce:
+                print(f"note: no {POINTER_FILE} in {run_dir}: {announce} its newest complete "
+                      f"checkpoint {name}", file=sys.stderr, flush=True)
+            return os.path.join(run_dir, name)
+    raise ValueError(
+        f"{run_dir!r} has no {POINTER_FILE} and none of its checkpoints ({', '.join(candidates)}) "
+        f"is complete (each needs {DIST_METADATA} and {META_FILE}; a save cut short leaves them "
+        "out): pass a directory with a complete checkpoint, or delete the incomplete ones")
 
 
 def write_release_pointer(directory: str) -> None:

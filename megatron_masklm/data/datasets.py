@@ -73,6 +73,9 @@ def _check_prefix(prefix: str) -> None:
         if not os.path.isfile(prefix + ext):
             raise ValueError(f"data prefix {prefix!r} has no {prefix + ext} file; check the path "
                              f"or {_PREPROCESS_HINT}")
+    if os.path.getsize(prefix + ".bin") == 0:  # Megatron cannot mmap it, and says so 3 times
+        raise ValueError(f"data prefix {prefix!r} holds no tokens ({prefix}.bin is empty): "
+                         f"{_PREPROCESS_HINT} from a non-empty input, or drop it from data_path")
 
 
 def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_length: int,
