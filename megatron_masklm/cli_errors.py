@@ -40,11 +40,15 @@ _OS_FIXES = {
 
 
 def describe_os_error(error: OSError, *, path: Optional[str] = None) -> str:
-    """One line for an OSError: what failed, on which path, and the fix."""
+    """One line for an OSError: what failed, on which path, and the fix (the error's own text
+    where the library wrote one, which names the fix itself)."""
     where = error.filename or path
     what, fix = _OS_FIXES.get(error.errno, (error.strerror or str(error), "check the path"))
     target = f" ({where})" if where else ""
-    return f"{what}{target}: {fix}"
+    own = error.strerror if error.errno is not None else None
+    if own and own != os.strerror(error.errno):  # e.g. the converters' free-space check
+        fix = own
+    return _one_line(f"{what}{target}: {fix}")
 
 
 def _checkpoint_exception_types() -> tuple:
@@ -65,7 +69,7 @@ def run_cli(body: Callable[[], int], *, output: Optional[str] = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as error:
         print(f"error: {describe_os_error(error, path=output)}", file=sys.stderr)
@@ -73,6 +77,10 @@ def run_cli(body: Callable[[], int], *, output: Optional[str] = None) -> int:
     except _checkpoint_exception_types() as error:  # an empty tuple catches nothing
         print(f"error: cannot read the checkpoint: {_first_line(error)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
 def _first_line(error: BaseException) -> str:

@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from megatron_masklm.cli_errors import refuse_overlap, run_cli
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI flags."""
@@ -26,18 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the CLI; exit status 1 with a one-line error for bad input."""
+    """Run the CLI; exit status 1 with a one-line error for bad input, 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
-    from megatron_masklm.hf import apply_masks_to_hf_dir
 
-    try:
+    def body() -> int:
+        refuse_overlap(inputs={"--hf-dir": args.hf_dir, "--masks": args.masks},
+                       outputs={"--output": args.output})
+        from megatron_masklm.hf import apply_masks_to_hf_dir
+
         names = apply_masks_to_hf_dir(args.hf_dir, args.masks, args.output, pattern=args.pattern,
                                       allow_missing=args.allow_missing, overwrite=args.overwrite)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.output}: {len(names)} masked weights")
-    return 0
+        print(f"wrote {args.output}: {len(names)} masked weights")
+        return 0
+
+    return run_cli(body, output=args.output)
 
 
 if __name__ == "__main__":

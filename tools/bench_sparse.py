@@ -4,7 +4,8 @@ at prefill and decode sizes, and optionally a 2:4 HF model; see megatron_masklm/
     python tools/bench_sparse.py                                   # GEMMs, 7b and 13b shapes
     python tools/bench_sparse.py --hf-dir hf/llama2-7b-2of4 --json # plus the exported model
 
-Without a CUDA GPU of compute capability >= 8.0 it exits 2 with a message saying so.
+Without a CUDA GPU of compute capability >= 8.0 it exits 2 with a message saying so. Bad input
+is one line and exit status 1, Ctrl-C 130 (megatron_masklm/cli_errors.py's run_cli, in main).
 """
 import sys
 

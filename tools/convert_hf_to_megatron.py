@@ -9,8 +9,11 @@ dist checkpoint with model_shape.json and the tokenizer alongside.
 import argparse
 import sys
 
+from megatron_masklm.cli_errors import refuse_overlap, run_cli
 
-def main(argv=None) -> int:
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--load-dir", required=True, help="HF checkpoint directory or .gguf file")
     parser.add_argument("--save-dir", required=True, help="output directory (must not exist)")
@@ -22,21 +25,27 @@ def main(argv=None) -> int:
                         help="pad the vocabulary to a multiple of this x TP (Megatron-LM's default)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-dir")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    from megatron_masklm.convert import convert_hf_to_megatron
+    return parser
 
-    try:
+
+def main(argv=None) -> int:
+    """Run the CLI; exit status 1 with a one-line error for bad input, 130 on Ctrl-C."""
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        refuse_overlap(inputs={"--load-dir": args.load_dir}, outputs={"--save-dir": args.save_dir})
+        from megatron_masklm.convert import convert_hf_to_megatron
+
         out = convert_hf_to_megatron(
             args.load_dir, args.save_dir,
             tensor_model_parallel_size=args.target_tensor_parallel_size,
             pipeline_model_parallel_size=args.target_pipeline_parallel_size, dtype=args.dtype,
             make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
             overwrite=args.overwrite, progress=not args.no_progress)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
+        print(f"wrote {out}")
+        return 0
+
+    return run_cli(body, output=args.save_dir)
 
 
 if __name__ == "__main__":  # required: the dist-checkpoint writer re-imports __main__

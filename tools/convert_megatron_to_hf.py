@@ -7,10 +7,12 @@ directory (safetensors + config.json + tokenizer) that AutoModelForCausalLM load
 import argparse
 import sys
 
+from megatron_masklm.cli_errors import refuse_overlap, run_cli
 from megatron_masklm.safe_pickle import TRUST_HELP
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--load-dir", required=True,
                         help="run or converted directory (with latest_checkpointed_iteration.txt) "
@@ -23,20 +25,26 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-dir")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help=TRUST_HELP)
-    args = parser.parse_args(argv)
-    import torch
+    return parser
 
-    from megatron_masklm.convert import convert_megatron_to_hf
 
-    try:
+def main(argv=None) -> int:
+    """Run the CLI; exit status 1 with a one-line error for bad input, 130 on Ctrl-C."""
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        refuse_overlap(inputs={"--load-dir": args.load_dir}, outputs={"--save-dir": args.save_dir})
+        import torch
+
+        from megatron_masklm.convert import convert_megatron_to_hf
+
         out = convert_megatron_to_hf(args.load_dir, args.save_dir, apply_masks=args.apply_masks,
                                      dtype=getattr(torch, args.dtype) if args.dtype else None,
                                      overwrite=args.overwrite, trust=args.trust_checkpoint)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
+        print(f"wrote {out}")
+        return 0
+
+    return run_cli(body, output=args.save_dir)
 
 
 if __name__ == "__main__":  # required: the dist-checkpoint reader may re-import __main__

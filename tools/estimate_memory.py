@@ -10,7 +10,8 @@ gradient buffers, optimizer states and saved mask tensors (exact), activations (
 """
 import sys
 
+from megatron_masklm.cli_errors import run_cli
 from megatron_masklm.training.memory import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))  # an unreadable --config, Ctrl-C: one line, as every tool

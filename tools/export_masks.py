@@ -9,10 +9,12 @@ compact: one candidate index per group, ceil(log2 C(M,N)) bits (megatron_masklm/
 import argparse
 import sys
 
+from megatron_masklm.cli_errors import refuse_overlap, run_cli
 from megatron_masklm.safe_pickle import TRUST_HELP
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--load-dir", required=True, help="run directory or dist checkpoint")
     parser.add_argument("--output", required=True, help="mask file to write")
@@ -20,19 +22,25 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help=TRUST_HELP)
-    args = parser.parse_args(argv)
-    from megatron_masklm.convert.masks import export_masks
+    return parser
 
-    try:
+
+def main(argv=None) -> int:
+    """Run the CLI; exit status 1 with a one-line error for bad input, 130 on Ctrl-C."""
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        refuse_overlap(inputs={"--load-dir": args.load_dir}, outputs={"--output": args.output})
+        from megatron_masklm.convert.masks import export_masks
+
         masks = export_masks(args.load_dir, args.output, fmt=args.format,
                              overwrite=args.overwrite, trust=args.trust_checkpoint)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    kept = sum(int(m.sum()) for m in masks.values())
-    total = sum(m.numel() for m in masks.values())
-    print(f"wrote {args.output}: {len(masks)} masked weights, {kept / total:.2%} kept")
-    return 0
+        kept = sum(int(m.sum()) for m in masks.values())
+        total = sum(m.numel() for m in masks.values())
+        print(f"wrote {args.output}: {len(masks)} masked weights, {kept / total:.2%} kept")
+        return 0
+
+    return run_cli(body, output=args.output)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
+from megatron_masklm.cli_errors import refuse_overlap, run_cli
+
 
 def _hline(text: str) -> Tuple[str, float]:
     name, sep, value = text.rpartition("=")
@@ -36,22 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the CLI; exit status 1 with a one-line error for bad input, 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
+    return run_cli(lambda: _plot(args), output=args.output)
+
+
+def _plot(args) -> int:
     from megatron_masklm.training.plot import plot_training_log, read_log, resolve_log_path
 
-    try:
-        path = resolve_log_path(args.log)
-        records = read_log(path)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    path = resolve_log_path(args.log)
+    output = args.output or os.path.splitext(path)[0] + ".png"
+    refuse_overlap(inputs={"log": path}, outputs={"--output": output})
+    records = read_log(path)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("error: tools/plot_training.py needs matplotlib (pip install -e .[plot])",
-              file=sys.stderr)
-        return 1
-    output = args.output or os.path.splitext(path)[0] + ".png"
+        raise ValueError("tools/plot_training.py needs matplotlib (pip install -e .[plot])") from None
     title = path if args.title is None else args.title
     plot_training_log(records, output, hlines=args.hline, title=title)
     print(f"wrote {output} ({len(records)} records from {path})")

@@ -11,6 +11,8 @@ import sys
 import warnings
 from typing import List, Optional
 
+from megatron_masklm.cli_errors import refuse_overlap, run_cli
+
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "NullTokenizer")
 
 
@@ -38,21 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the CLI; exit status 1 with a one-line error for bad input."""
+    """Run the CLI; exit status 1 with a one-line error for bad input, 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|absl).*")
+    return run_cli(lambda: _preprocess(args), output=args.output_prefix)
+
+
+def _preprocess(args) -> int:
     from megatron_masklm.data import build_indexed_dataset, build_tokenizer
 
-    try:
-        tokenizer = build_tokenizer(args.tokenizer_type, tokenizer_model=args.tokenizer_model,
-                                    vocab_size=args.vocab_size)
-        prefixes = build_indexed_dataset(
-            args.input, args.output_prefix, tokenizer, json_keys=args.json_keys,
-            append_eod=args.append_eod, text_mode=args.text_mode, workers=args.workers,
-            progress=not args.no_progress)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    for key in args.json_keys:  # the files --output-prefix names, against every --input
+        for ext in (".bin", ".idx"):
+            for path in args.input:
+                refuse_overlap(inputs={"--input": path},
+                               outputs={"--output-prefix": f"{args.output_prefix}_{key}_document{ext}"})
+    tokenizer = build_tokenizer(args.tokenizer_type, tokenizer_model=args.tokenizer_model,
+                                vocab_size=args.vocab_size)
+    prefixes = build_indexed_dataset(
+        args.input, args.output_prefix, tokenizer, json_keys=args.json_keys,
+        append_eod=args.append_eod, text_mode=args.text_mode, workers=args.workers,
+        progress=not args.no_progress)
     for prefix in prefixes.values():
         print(prefix)
     return 0

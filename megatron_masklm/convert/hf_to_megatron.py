@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .. import checkpoints as layout
 from .hf_config import shape_from_hf_config
 from .name_map import param_maps
-from ..fileio import atomic_output_dir
+from ..fileio import atomic_output_dir, check_output_dir
 from .output import megatron_world_of_one
 from .sources import HFCheckpoint
 
@@ -46,6 +46,9 @@ def convert_hf_to_megatron(source: str, output: str, *, tensor_model_parallel_si
     The target TP/PP sizes are checked (query groups, layers, padded vocabulary) so that the
     checkpoint loads at them; it also loads at any other size those checks allow.
     """
+    _check_sizes(tensor_model_parallel_size, pipeline_model_parallel_size,
+                 make_vocab_size_divisible_by)
+    check_output_dir(output, overwrite=overwrite)
     checkpoint = HFCheckpoint(source)
     hf_vocab = checkpoint.config["vocab_size"]
     shape = shape_from_hf_config(
@@ -94,6 +97,17 @@ def convert_hf_to_megatron(source: str, output: str, *, tensor_model_parallel_si
         layout.write_release_pointer(tmp)
         checkpoint.save_tokenizer(os.path.join(tmp, layout.TOKENIZER_DIR))
     return output
+
+
+def _check_sizes(tp: int, pp: int, vocab_multiple: int) -> None:
+    """Sizes below 1 are refused by flag (Megatron's own message names neither)."""
+    for flag, value, rule in (
+            ("--target-tensor-parallel-size", tp, "and divide the attention heads and query groups"),
+            ("--target-pipeline-parallel-size", pp, "and divide the layers"),
+            ("--make-vocab-size-divisible-by", vocab_multiple, "(128 is Megatron-LM's default)")):
+        if value < 1:
+            raise ValueError(f"{flag} {value} is out of range: it must be >= 1 {rule} "
+                             "(1: no splitting)")
 
 
 def _views_as_own_files(state, scratch: str):

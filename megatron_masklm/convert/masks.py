@@ -9,6 +9,7 @@ import torch
 from ..masking import group_counts, is_exact_nm, parse_nm, save_masks_npz
 from ..masking.compact import PackedMasks, read_packed_masks, save_masks_compact
 from ..architecture import HF_FAMILIES, ModelShape
+from ..fileio import check_writable
 from .megatron_to_hf import load_megatron_checkpoint
 from .name_map import ParamMap, masked_hf_names, param_maps
 
@@ -31,9 +32,14 @@ def export_masks(checkpoint: str, path: str, *, fmt: str = "npz", overwrite: boo
     """
     if fmt not in FORMATS:
         raise ValueError(f"mask format {fmt!r} is not one of {FORMATS}")
+    if os.path.isdir(path):
+        raise ValueError(f"--output {path!r} is a directory: name the mask file to write, "
+                         f"e.g. {os.path.join(path, 'masks.npz')!r} (--overwrite replaces files, "
+                         "never directories)")
     if os.path.exists(path) and not overwrite:
         raise ValueError(f"--output {path!r} already exists: pass --overwrite to replace it, or "
                          "choose another path")
+    check_writable(path)  # before the checkpoint is read
     loaded = load_megatron_checkpoint(checkpoint, trust=trust)
     if not loaded.masks:
         raise ValueError(f"{checkpoint!r} has no mask logits: it is a dense checkpoint")

@@ -12,7 +12,7 @@ from ..checkpoints import checkpoint_sources, resolve_checkpoint
 from ..masking import MaskConfig, parse_nm
 from .hf_config import hf_config_from_shape
 from .name_map import param_maps
-from ..fileio import atomic_output_dir
+from ..fileio import atomic_output_dir, check_output_dir, save_safetensors
 from .output import megatron_world_of_one
 from .sources import TOKENIZER_FILES, copy_files
 
@@ -91,6 +91,7 @@ def load_model(directory: str, shape: ModelShape, pattern: Optional[str], *,
     missing = sorted(mcore.compat.sharded_tensor_keys(state) - set(present))
     if missing:
         raise ValueError(f"{directory!r} does not match model_shape.json: missing {missing[:3]}")
+    safe_load.check_tensor_shapes(state, present, directory, what="checkpoint")
     loaded = safe_load.load(state, directory, trust=trust)  # also returns the common state
     mcore.load_model_tensors(model, {key: loaded[key] for key in state})
     return model
@@ -119,6 +120,7 @@ def convert_megatron_to_hf(checkpoint: str, output: str, *, apply_masks: bool = 
     with exact N:M zeros); the checkpoint must then hold mask logits. ``trust``: see
     ``load_megatron_checkpoint``.
     """
+    check_output_dir(output, overwrite=overwrite)  # before the (large) model is read
     loaded = load_megatron_checkpoint(checkpoint, dtype=dtype, trust=trust)
     if apply_masks and not loaded.masks:
         raise ValueError(f"{checkpoint!r} has no mask logits: nothing to apply (drop --apply-masks)")
@@ -152,8 +154,6 @@ def write_hf_dir(output: str, tensors: Dict[str, torch.Tensor], hf_config: Dict[
 def write_safetensors(directory: str, tensors: Dict[str, torch.Tensor], *,
                       max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
     """HF's layout: one model.safetensors, or numbered shards plus model.safetensors.index.json."""
-    from safetensors.torch import save_file
-
     shards, current, size = [], {}, 0
     for name, tensor in tensors.items():
         nbytes = tensor.numel() * tensor.element_size()
@@ -164,12 +164,13 @@ def write_safetensors(directory: str, tensors: Dict[str, torch.Tensor], *,
         size += nbytes
     shards.append(current)
     if len(shards) == 1:
-        save_file(shards[0], os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(os.path.join(directory, "model.safetensors"), shards[0],
+                         metadata={"format": "pt"})
         return
     weight_map, total = {}, 0
     for index, shard in enumerate(shards, start=1):
         filename = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(directory, filename), metadata={"format": "pt"})
+        save_safetensors(os.path.join(directory, filename), shard, metadata={"format": "pt"})
         for name, tensor in shard.items():
             weight_map[name] = filename
             total += tensor.numel() * tensor.element_size()

@@ -12,6 +12,8 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
+from ..cli_errors import CheckpointError
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "special_tokens_map.json", "generation_config.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
@@ -28,6 +30,9 @@ class HFCheckpoint:
         self._open: Dict[str, Any] = {}
         self._tensors: Optional[Dict[str, torch.Tensor]] = None
         self._tokenizer_dir: Optional[str] = None
+        if not os.path.exists(path):
+            raise ValueError(f"{path!r} does not exist: pass a Hugging Face checkpoint directory "
+                             "or a .gguf file")
         if path.endswith(".gguf"):
             self._load_gguf(path)
         elif os.path.isdir(path):
@@ -70,7 +75,8 @@ class HFCheckpoint:
         self.config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
         self.config["architectures"] = self.config.get("architectures") or [type(model).__name__]
         self._tensors = {k: v.detach() for k, v in model.state_dict().items()}
-        self._tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+        self._tokenizer = guarded_read(path, lambda: AutoTokenizer.from_pretrained(
+            directory, gguf_file=name))
 
     def names(self) -> List[str]:
         names = self._tensors.keys() if self._tensors is not None else self._files.keys()
@@ -108,14 +114,17 @@ class HFCheckpoint:
 
 def guarded_read(file: str, load):
     """``load()``, with any reader's error (safetensors, torch.load, gguf, transformers) turned
-    into a ValueError naming ``file``."""
+    into a CheckpointError (a ValueError) naming ``file``. Readers' own ValueErrors are wrapped
+    too: a GGUF cut short mid-tensor is numpy's "cannot reshape array of size ...", which names
+    no file. Missing files stay OSErrors (the path and "check the path" say enough)."""
     try:
         return load()
-    except ValueError:
+    except (CheckpointError, FileNotFoundError):
         raise
     except Exception as error:  # safetensors, torch.load and gguf raise many types
-        raise ValueError(f"cannot read {file!r} ({type(error).__name__}: {error}): the file is "
-                         "truncated, corrupt or not a checkpoint") from error
+        detail = " ".join(str(error).split())[:300]
+        raise CheckpointError(f"cannot read {file!r} ({type(error).__name__}: {detail}): the file "
+                              "is truncated, corrupt or not a checkpoint") from error
 
 
 def _read_json(path: str, what: str) -> Dict[str, Any]:

@@ -131,13 +131,29 @@ def hf_logits_fn(hf_dir: str, *, masks: Optional[str] = None, pattern: Optional[
         raise ValueError(f"--hf-dir {hf_dir!r} is not a HF model directory (no config.json)")
     from ..convert.sources import guarded_read
 
-    model = guarded_read(hf_dir, lambda: AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype))
+    model, loading = guarded_read(hf_dir, lambda: AutoModelForCausalLM.from_pretrained(
+        hf_dir, dtype=dtype, output_loading_info=True))
+    _check_loaded(hf_dir, loading)
     model.eval()
     if masks:
         _apply_hf_masks(model, masks, pattern)
     device = next(model.parameters()).device
     return ((lambda tokens: model(input_ids=tokens.to(device), use_cache=False).logits), hf_dir,
-            {"vocab_size": model.config.vocab_size})
+            {"vocab_size": model.config.vocab_size,
+             "max_positions": getattr(model.config, "max_position_embeddings", None)})
+
+
+def _check_loaded(hf_dir: str, loading: Dict[str, Any]) -> None:
+    """transformers initialises the tensors a checkpoint lacks at random and goes on: refuse."""
+    missing = sorted(loading.get("missing_keys") or ())
+    mismatched = sorted(str(entry[0]) if isinstance(entry, tuple) else str(entry)
+                        for entry in loading.get("mismatched_keys") or ())
+    if missing or mismatched:
+        detail = (f"lack {len(missing)} tensors the config needs, e.g. {missing[:3]}" if missing
+                  else f"have tensors whose shapes disagree with config.json, e.g. {mismatched[:3]}")
+        raise ValueError(f"the weights in --hf-dir {hf_dir!r} {detail}: the checkpoint is "
+                         "incomplete or does not match its config.json (transformers would "
+                         "initialise them at random); re-export or re-download it")
 
 
 def _apply_hf_masks(model, masks_path: str, pattern: Optional[str] = None) -> None:
@@ -192,7 +208,8 @@ def megatron_logits_fn(path: str, *, dtype: Optional[torch.dtype] = None, trust:
         return gather_global_tensor(local, axis=-1, stride=1, group=group)
 
     info = {"pattern": pattern, "exact_nm": exact if pattern else None,
-            "vocab_size": (hf_config or {}).get("vocab_size", shape.vocab_size)}
+            "vocab_size": (hf_config or {}).get("vocab_size", shape.vocab_size),
+            "max_positions": shape.max_position_embeddings}
     return logits_fn, tokenizer_dir, info
 
 
@@ -282,6 +299,27 @@ def _check_args(args) -> None:
         raise ValueError(f"--max-windows {args.max_windows} must be >= 1")
     if args.hf_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--hf-dir runs in one process; use --load under torchrun")
+    if args.output:
+        _check_output(args)
+
+
+def _check_output(args) -> None:
+    """--output must not be an input, nor a directory, and must be writable: checked before the
+    model is loaded and scored, not after."""
+    from ..cli_errors import refuse_overlap
+    from ..fileio import check_writable
+
+    inputs = {"--load": args.load, "--hf-dir": args.hf_dir, "--masks": args.masks,
+              "--text": args.text, "--tokenizer-model": args.tokenizer_model}
+    for ext in (".bin", ".idx") if args.data_path else ():
+        refuse_overlap(inputs={**inputs, "--data-path": args.data_path + ext},
+                       outputs={"--output": args.output})
+    refuse_overlap(inputs=inputs, outputs={"--output": args.output})
+    if os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output!r} is a directory: name the JSON file to write, "
+                         f"e.g. {os.path.join(args.output, 'ppl.json')!r}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_writable(args.output)
 
 
 def _tokenizer(args, tokenizer_dir: Optional[str], vocab_size: int):
@@ -319,6 +357,11 @@ def evaluate(args: EvalJob) -> Dict[str, Any]:
         if len(ids) and int(ids.max()) >= info["vocab_size"]:
             raise ValueError(f"token id {int(ids.max())} is outside the model's vocabulary of "
                              f"{info['vocab_size']}: use the model's tokenizer")
+        limit = info.get("max_positions")
+        if limit and args.seq_length > limit:
+            raise ValueError(f"--seq-length {args.seq_length} is beyond the model's "
+                             f"max_position_embeddings of {limit}: pass --seq-length {limit} or "
+                             "less")
         windows = plan_windows(len(ids), seq_length=args.seq_length, stride=args.stride,
                                bos=args.bos, drop_last=not args.keep_last)
         windows = windows[:args.max_windows] if args.max_windows else windows
@@ -340,12 +383,15 @@ def evaluate(args: EvalJob) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse and run; exit status 1 with a one-line error for bad input, 130 on Ctrl-C."""
+    from ..cli_errors import run_cli
+
     args = parse_job(argv)
-    try:
-        result = evaluate(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return run_cli(lambda: _run_cli(args), output=args.output)
+
+
+def _run_cli(args: EvalJob) -> int:
+    result = evaluate(args)
     if int(os.environ.get("RANK", "0")) == 0:
         if args.output:
             from ..fileio import atomic_write_text

@@ -13,9 +13,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import safetensors
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..fileio import atomic_output_dir
+from ..cli_errors import refuse_overlap
+from ..fileio import atomic_output_dir, check_output_dir, save_safetensors
 from ..masking.candidates import parse_nm
 from ..masking.compact import PackedMasks, read_packed_masks
 from ..masking.nm import group_counts
@@ -162,13 +162,16 @@ def check_param(name: str, tensor_RI: torch.Tensor, n: int, m: int, *,
 
 
 def verify_nm_path(path: str, *, pattern: Optional[str] = None,
-                   shapes_from: Optional[str] = None) -> NMReport:
-    """Check a HF checkpoint (dir or .safetensors) or a mask file (either format) for N:M."""
+                   shapes_from: Optional[str] = None, allow_missing: bool = False) -> NMReport:
+    """Check a HF checkpoint (dir or .safetensors) or a mask file (either format) for N:M; a
+    mask file checked against a checkpoint (``shapes_from``) must also cover every masked weight
+    of it, unless ``allow_missing``."""
     if not os.path.exists(path):
         raise ValueError(f"{path!r} does not exist")
     if os.path.isdir(path) or path.endswith(".safetensors"):
         return _verify_weights(path, _resolve_pattern(pattern, None))
-    return _verify_mask_file(path, pattern=pattern, shapes_from=shapes_from)
+    return _verify_mask_file(path, pattern=pattern, shapes_from=shapes_from,
+                             allow_missing=allow_missing)
 
 
 def _verify_weights(path: str, nm: Tuple[int, int]) -> NMReport:
@@ -181,13 +184,20 @@ def _verify_weights(path: str, nm: Tuple[int, int]) -> NMReport:
     return report
 
 
-def _verify_mask_file(path: str, *, pattern: Optional[str], shapes_from: Optional[str]) -> NMReport:
+def _verify_mask_file(path: str, *, pattern: Optional[str], shapes_from: Optional[str],
+                      allow_missing: bool = False) -> NMReport:
     masks = read_packed_masks(path)
     if not masks.packed:
         raise ValueError(f"mask file {path!r} holds no masks")
     nm = _resolve_pattern(pattern, masks.nm)
     report = NMReport(path, masks.format, *nm)
     shapes = tensor_shapes(shapes_from) if shapes_from else dict(masks.shapes)
+    missing = sorted(n for n in shapes if shapes_from and is_masked_weight(n)
+                     and n not in masks.packed)
+    if missing and not allow_missing:
+        raise ValueError(f"mask file {path!r} has no mask for {missing[:5]} ({len(missing)} "
+                         f"masked weights of {shapes_from!r} in all): a partial mask file would "
+                         "leave them dense; pass --allow-missing if that is intended")
     for name in sorted(masks.packed):
         if name in shapes:
             report.params.append(check_param(name, masks.unpack(name, shapes[name]), *nm))
@@ -223,13 +233,12 @@ def apply_masks_to_hf_dir(hf_dir: str, masks_path: str, output: str, *,
 def _check_output(hf_dir: str, output: str, *, overwrite: bool) -> None:
     if not os.path.isdir(hf_dir):
         raise ValueError(f"--hf-dir {hf_dir!r} is not a directory")
-    source, target = os.path.realpath(hf_dir), os.path.realpath(output)
-    if target == source or target.startswith(source + os.sep):
-        raise ValueError(f"output {output!r} must not be the checkpoint {hf_dir!r} or inside it")
+    refuse_overlap(inputs={"--hf-dir": hf_dir}, outputs={"--output": output})
     if os.path.lexists(output) and not overwrite:
         raise ValueError(f"output {output!r} already exists: pass --overwrite to replace it")
-    if not os.path.isdir(os.path.dirname(target)):
+    if not os.path.isdir(os.path.dirname(os.path.realpath(output))):
         raise ValueError(f"the parent directory of output {output!r} does not exist")
+    check_output_dir(output, overwrite=True)  # a file in its place, a read-only directory
 
 
 def _match_masks(masks: PackedMasks, shapes: Dict[str, Shape], *, allow_missing: bool) -> None:
@@ -271,5 +280,5 @@ def _write_masked_shard(source: str, target: str, masks: PackedMasks, nm: Tuple[
                                      f"{check.groups} groups keep a different count")
                 tensor = tensor.masked_fill(~keep, 0)
             tensors[name] = tensor
-    save_file(tensors, target, metadata=metadata)
+    save_safetensors(target, tensors, metadata=metadata)
 

@@ -498,18 +498,25 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI: exit status 2 without a capable GPU, 1 with a one-line error for bad input
+    (``cli_errors.run_cli``), 130 on Ctrl-C."""
+    from ..cli_errors import run_cli
+
     args = parse_args(argv)
+    return run_cli(lambda: _run_cli(args), output=args.output)
+
+
+def _run_cli(args) -> int:
+    from ..fileio import atomic_write_text, check_writable
+
+    if args.output:
+        check_writable(args.output)  # before the benchmark, not after it
     try:
         result = run(args)
     except SparseBenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     if args.output:
-        from ..fileio import atomic_write_text
-
         atomic_write_text(args.output, json.dumps(result, indent=1) + "\n")
     if args.json:
         print(json.dumps(result))

@@ -9,15 +9,21 @@ refused with an ``UnsafeCheckpointError`` naming the directory and the class; ``
 
 This is the one place that calls ``dist_checkpointing.load`` and ``load_tensors_metadata``.
 """
+import os
 import pickle
+import zipfile
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator
 
+from ..cli_errors import CheckpointError
 from ..safe_pickle import (TRUST_FLAG, UnsafeCheckpointError, check_metadata, trusting_loads,
                            weights_only_loads)
 
-__all__ = ["UnsafeCheckpointError", "check_tensors_present", "load", "load_model_weights",
-           "load_tensors_metadata"]
+__all__ = ["UnsafeCheckpointError", "check_common_file", "check_tensor_shapes",
+           "check_tensors_present", "load", "load_model_weights", "load_tensors_metadata"]
+
+COMMON_FILE = "common.pt"
+"""The file of a dist checkpoint that holds its non-tensor (common) state."""
 
 
 def _weights_only_failure(error: BaseException):
@@ -64,8 +70,28 @@ def load(state: Dict[str, Any], directory: str, *, trust: bool = False) -> Dict[
     """``dist_checkpointing.load(state, directory)`` without running code from its files."""
     from megatron.core import dist_checkpointing
 
+    check_common_file(directory)
     with _opening(directory, trust):
         return dist_checkpointing.load(state, directory)
+
+
+def check_common_file(directory: str) -> None:
+    """The checkpoint's common state file must be there and whole (Megatron's reader fails on a
+    missing one with an AttributeError and on a cut one with a zip error, naming neither)."""
+    path = os.path.join(directory, COMMON_FILE)
+    fix = "the save did not finish or the file was damaged; pick another checkpoint or re-create it"
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {directory!r} is incomplete: its {COMMON_FILE} is "
+                              f"missing ({fix})")
+    try:
+        with zipfile.ZipFile(path) as archive:  # torch.save's format; CRCs checked, nothing run
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(f"checkpoint {directory!r} is damaged: its {COMMON_FILE} cannot be "
+                              f"read ({error}): it is truncated or corrupt ({fix})") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {directory!r} is damaged: its {COMMON_FILE} has a "
+                              f"corrupt entry {bad!r} ({fix})")
 
 
 def load_tensors_metadata(directory: str, *, trust: bool = False):
@@ -81,14 +107,45 @@ def check_tensors_present(state: Dict[str, Any], directory: str, *, what: str,
     """Every ShardedTensor ``state`` asks for must be in the checkpoint (else a clear error)."""
     from . import compat
 
-    present = set(load_tensors_metadata(directory, trust=trust))
-    missing = sorted(compat.sharded_tensor_keys(state) - present)
+    present = load_tensors_metadata(directory, trust=trust)
+    missing = sorted(compat.sharded_tensor_keys(state) - set(present))
     if missing:
         logits = [key for key in missing if key.endswith(logits_suffix)]
         detail = (f"it has no mask logits for {len(logits)} of the model's masked weights "
                   f"(e.g. {logits[0]!r})"
                   if logits else f"{len(missing)} tensors are missing (e.g. {missing[:3]})")
         raise ValueError(f"{what} {directory!r} does not match this model: {detail}")
+    check_tensor_shapes(state, present, directory, what=what)
+
+
+def check_tensor_shapes(state: Dict[str, Any], present: Dict[str, Any], directory: str, *,
+                        what: str) -> None:
+    """Every ShardedTensor of ``state`` must have the global shape the checkpoint's metadata
+    (``present``) gives it; else a ValueError that names the difference (the layer count, or the
+    first tensor that differs) and the fix, where Megatron's loader raises a bare shape error."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    differ = {}
+    for value in nested_values(state):
+        if isinstance(value, ShardedTensor) and value.key in present:
+            saved = tuple(present[value.key].global_shape)
+            if saved != tuple(value.global_shape):
+                differ[value.key] = (saved, tuple(value.global_shape))
+    if not differ:
+        return
+    fix = "fix the model's shape flags or pick the matching checkpoint"
+    layers = {(saved[0], wanted[0]) for key, (saved, wanted) in differ.items()
+              if key.startswith("decoder.layers.") and saved[1:] == wanted[1:]}
+    if len(layers) == 1 and len(differ) == sum(key.startswith("decoder.layers.") for key in differ):
+        saved, wanted = layers.pop()
+        raise ValueError(f"{what} {directory!r} has {saved} layers but the model has {wanted}: "
+                         f"drop --num-layers or set it to {saved} ({fix})")
+    key, (saved, wanted) = sorted(differ.items())[0]
+    raise ValueError(f"{what} {directory!r} does not match this model's shape: {key!r} is "
+                     f"{list(saved)} in the checkpoint but {list(wanted)} in the model "
+                     f"({len(differ)} tensors differ): {fix} (--hidden-size, --ffn-hidden-size, "
+                     "--num-attention-heads, --num-query-groups, --num-layers, --vocab-size)")
 
 
 def load_model_weights(directory: str, *, model, skip_suffix: str, what: str,

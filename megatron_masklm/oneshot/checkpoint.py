@@ -130,6 +130,40 @@ def _check_args(args) -> None:
     for path in filter(None, (args.output_mask, args.hf_masks, args.save, args.save_hf)):
         if os.path.lexists(path) and not args.overwrite:
             raise ValueError(f"{path!r} exists: pick a new output or pass --overwrite")
+    _check_outputs(args)
+
+
+def _check_outputs(args) -> None:
+    """No output may be an input or another output (or lie inside one); mask files must not be
+    directories, and every output must be writable: all checked before the pruning."""
+    from ..cli_errors import refuse_overlap, same_or_nested
+    from ..fileio import check_output_dir, check_writable
+
+    outputs = {"--output-mask": args.output_mask, "--hf-masks": args.hf_masks,
+               "--save": args.save, "--save-hf": args.save_hf}
+    inputs = {"--load": args.load, "--hf-checkpoint": args.hf_checkpoint,
+              "--calib-text": args.calib_text, "--tokenizer-model": args.tokenizer_model}
+    for ext in (".bin", ".idx") if args.calib_data else ():
+        refuse_overlap(inputs={"--calib-data": args.calib_data + ext}, outputs=outputs)
+    refuse_overlap(inputs=inputs, outputs=outputs)
+    given = [(flag, path) for flag, path in outputs.items() if path]
+    for i, (flag, path) in enumerate(given):
+        for other_flag, other in given[i + 1:]:
+            if same_or_nested(path, other):
+                raise ValueError(f"{flag} {path!r} and {other_flag} {other!r} are the same path "
+                                 "(or one is inside the other): one would overwrite the other; "
+                                 "give each output its own path")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for flag in ("--output-mask", "--hf-masks"):
+        if outputs[flag] and os.path.isdir(outputs[flag]):
+            raise ValueError(f"{flag} {outputs[flag]!r} is a directory: name the .npz file to "
+                             f"write, e.g. {os.path.join(outputs[flag], 'masks.npz')!r}")
+        if outputs[flag]:
+            check_writable(outputs[flag])
+    for flag in ("--save", "--save-hf"):
+        if outputs[flag]:
+            check_output_dir(outputs[flag], overwrite=args.overwrite)
 
 
 def _calibration(args, tokenizer_dir: Optional[str], vocab_size: int) -> Optional[torch.Tensor]:
@@ -234,6 +268,10 @@ def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
                                             dtype="float32", progress=not args.no_progress)
         root, directory = resolve_checkpoint(source)
         shape, _, hf_config, tokenizer_dir = checkpoint_sources(root, directory)
+        if args.method != "magnitude" and args.seq_length > shape.max_position_embeddings:
+            raise ValueError(f"--seq-length {args.seq_length} is beyond the model's "
+                             f"max_position_embeddings of {shape.max_position_embeddings}: pass "
+                             f"--seq-length {shape.max_position_embeddings} or less")
         calibration = _calibration(args, tokenizer_dir, shape.vocab_size)
         if calibration is not None and int(calibration.max()) >= shape.vocab_size:
             raise ValueError(f"calibration token id {int(calibration.max())} is outside the "
@@ -297,14 +335,16 @@ def _config_dtype(hf_config: Optional[Dict[str, Any]]) -> Optional[torch.dtype]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Parse and run; exit status 1 with a one-line error for bad input."""
+    """Parse and run; exit status 1 with a one-line error for bad input, 130 on Ctrl-C."""
+    from ..cli_errors import run_cli
+
     warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
     args = parse_job(argv)
-    try:
-        summary = prune_checkpoint(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return run_cli(lambda: _run_cli(args), output=args.output_mask)
+
+
+def _run_cli(args: PruneJob) -> int:
+    summary = prune_checkpoint(args)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, sort_keys=True))
     return 0

@@ -195,8 +195,10 @@ def test_apply_errors_leave_nothing(ckpt, make, match):
 
 
 def test_apply_refuses_to_write_into_the_source(ckpt):
-    with pytest.raises(ValueError, match="must not be the checkpoint"):
+    with pytest.raises(ValueError, match="overlaps --hf-dir .*would destroy the input"):
         apply_masks_to_hf_dir(ckpt["dir"], ckpt["bits"], ckpt["dir"], overwrite=True)
+    with pytest.raises(ValueError, match="overlaps --hf-dir .*would destroy the input"):
+        apply_masks_to_hf_dir(ckpt["dir"], ckpt["bits"], os.path.join(ckpt["dir"], "sub"))
     assert len(read_all(ckpt["dir"])) == len(ckpt["tensors"])
 
 
