@@ -1,6 +1,7 @@
 """The example configs and launch scripts: configs give the paper's shapes and recipe, scripts
 fail fast on a missing variable and build the launch command the cluster needs (stub srun)."""
 import os
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -202,6 +203,7 @@ def test_sbatch_builds_the_multinode_torchrun_command(tmp_path):
     data = torchrun[torchrun.index("--data-path") + 1:][:4]
     assert data == ["0.7", "/data/a_text_document", "0.3", "/data/b_text_document"]
     assert torchrun[-2:] == ["--eval-interval", "50"]  # extra arguments last, so they win
+    assert "--exit-signal-handler" in torchrun  # before them: --no-exit-signal-handler wins
     assert "--container-image" not in argv
     assert os.path.isdir(run_dir)
 
@@ -224,10 +226,47 @@ def test_sbatch_header_requests_8_nodes_of_8_gpus_and_requeues():
     directives = [line.split()[1] for line in SBATCH.read_text().splitlines()
                   if line.startswith("#SBATCH")]
     for expected in ("--nodes=8", "--ntasks-per-node=1", "--gpus-per-node=8", "--exclusive",
-                     "--requeue", "--open-mode=append"):
+                     "--requeue", "--open-mode=append", "--signal=USR1@300"):
         assert expected in directives
     assert any(d.startswith("--time=") for d in directives)
     assert any(d.startswith("--output=") for d in directives)
+
+
+@pytest.mark.parametrize("env, nodes, per_node", [
+    (dict(SLURM_GPUS_PER_NODE="a100:4", SLURM_NNODES="2"), "2", "4"),  # sbatch --gpus-per-node
+    (dict(SLURM_GPUS_PER_NODE="0", SLURM_NNODES="1", GPUS_PER_NODE="2"), "1", "2"),  # CPU partition
+])
+def test_sbatch_takes_the_node_count_and_processes_per_node_from_slurm(tmp_path, env, nodes,
+                                                                      per_node):
+    proc = _run(SBATCH, tmp_path, _sbatch_env(tmp_path, **env))
+    assert proc.returncode == 0, proc.stderr
+    argv = (tmp_path / "srun.args").read_text().split()
+    pairs = {a: b for a, b in zip(argv, argv[1:])}
+    assert (pairs["--nodes"], pairs["--nnodes"], pairs["--nproc_per_node"]) == (nodes, nodes, per_node)
+
+
+def test_sbatch_refuses_a_cpu_partition_without_gpus_per_node(tmp_path):
+    proc = _run(SBATCH, tmp_path, _sbatch_env(tmp_path, SLURM_GPUS_PER_NODE="0"))
+    assert proc.returncode != 0 and "export GPUS_PER_NODE=" in proc.stderr
+    assert not (tmp_path / "srun.args").exists()
+
+
+def test_torchrun_runs_with_sigusr1_ignored(tmp_path):
+    """Slurm's warning signal reaches every process of the step: torchrun's agent must survive
+    it (Python's default action kills it). An srun that runs its command, a torchrun that
+    records its ignored-signal mask (/proc: the kernel's view, not the script's)."""
+    bin_dir = _stubs(tmp_path, scontrol="echo node001", torchrun=(
+        f'grep SigIgn /proc/$$/status > "{tmp_path}/sigign"'), srun=(
+        'while [ "${1#-}" != "$1" ]; do case $1 in --nodes|--ntasks-per-node) shift 2;; '
+        '*) shift;; esac; done; exec "$@"'))
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           **_sbatch_env(tmp_path)}
+    proc = subprocess.run(["bash", str(SBATCH)], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    ignored = int((tmp_path / "sigign").read_text().split()[1], 16)
+    assert ignored >> (signal.SIGUSR1 - 1) & 1
+    assert not ignored >> (signal.SIGTERM - 1) & 1  # torchrun forwards SIGTERM to its workers
 
 
 @pytest.mark.parametrize("size", ["7b", "13b"])
