@@ -10,12 +10,14 @@ Layout (Megatron-LM's, ``megatron_masklm.checkpoints``)::
 A save writes ``iter_N.partial`` first, renames it when every rank has finished, and only then
 switches the pointer: a crash at any point leaves the previous checkpoint loadable.
 """
+import contextlib
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Callable, ContextManager, Dict, Optional
 
 import numpy as np
 import torch
@@ -47,11 +49,16 @@ class TrainState:
 
 def _atomic_write(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def _fsync_dir(path: str) -> None:
@@ -114,15 +121,40 @@ def _write_shards(state: Dict[str, Any], directory: str) -> None:
 
 
 def save_checkpoint(run_dir: str, train_state: TrainState, *, model, optimizer, scheduler,
-                    run_config: RunConfig) -> str:
-    """Save model (weights and logits), optimizer, scheduler, RNG and config; return the dir."""
+                    run_config: RunConfig,
+                    committing: Callable[[], ContextManager] = contextlib.nullcontext) -> str:
+    """Save model (weights and logits), optimizer, scheduler, RNG and config; return the dir.
+
+    On any failure (a full disk, Ctrl-C, a signal) every rank removes ``iter_N.partial`` and
+    re-raises: the pointer keeps naming the previous checkpoint and nothing partial is left.
+    ``committing`` wraps the final renames and the pointer switch (a signal handler's seam)."""
     final = iteration_dir(run_dir, train_state.iteration)
     partial = final + ".partial"
-    if dist.get_rank() == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
-        os.makedirs(partial)
+    try:
+        if dist.get_rank() == 0:
+            os.makedirs(run_dir, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
+            os.makedirs(partial)
+        dist.barrier()
+        _write_partial(partial, train_state, model=model, optimizer=optimizer)
+        dist.barrier()
+        if dist.get_rank() == 0:
+            _write_meta(partial, run_dir, train_state, scheduler=scheduler, run_config=run_config)
+            with committing():
+                _commit(partial, final, run_dir, train_state.iteration)
+    except BaseException as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        # torch's CheckpointException (its writers' errors) is a BaseException, not Ctrl-C
+        writer_error = isinstance(error, Exception) or hasattr(error, "failures")
+        disk_error = _disk_error(error, partial) if writer_error else None
+        if disk_error is not None:
+            raise disk_error from error
+        raise
     dist.barrier()
+    return final
+
+
+def _write_partial(partial: str, train_state: TrainState, *, model, optimizer) -> None:
     model_state = model.sharded_state_dict(metadata=dict(CKPT_METADATA))
     state = {
         "model": model_state,
@@ -132,29 +164,52 @@ def save_checkpoint(run_dir: str, train_state: TrainState, *, model, optimizer, 
     if train_state.mask_reference is not None:
         state["mask_reference"] = _mask_reference_object(train_state.mask_reference)
     _write_shards(state, partial)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        meta = {
-            "format": FORMAT,
-            "iteration": train_state.iteration,
-            "consumed_train_samples": train_state.consumed_train_samples,
-            "pattern": run_config.mask.pattern,
-            "topology": [size for size, _ in _topology()],
-            "mask_reference": train_state.mask_reference is not None,
-            "scheduler": scheduler.state_dict(),
-            "run_config": run_config.to_dict(),
-        }
-        _atomic_write(os.path.join(partial, META_FILE), json.dumps(meta, indent=1))
-        _atomic_write(os.path.join(run_dir, MODEL_SHAPE_FILE),
-                      json.dumps(_shape_dict(run_config.model), indent=1))
-        if os.path.exists(final):  # re-saving an iteration (e.g. after a resume)
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        _fsync_dir(run_dir)
-        _atomic_write(os.path.join(run_dir, POINTER_FILE), str(train_state.iteration))
-        _fsync_dir(run_dir)
-    dist.barrier()
-    return final
+
+
+def _write_meta(partial: str, run_dir: str, train_state: TrainState, *, scheduler,
+                run_config: RunConfig) -> None:
+    meta = {
+        "format": FORMAT,
+        "iteration": train_state.iteration,
+        "consumed_train_samples": train_state.consumed_train_samples,
+        "pattern": run_config.mask.pattern,
+        "topology": [size for size, _ in _topology()],
+        "mask_reference": train_state.mask_reference is not None,
+        "scheduler": scheduler.state_dict(),
+        "run_config": run_config.to_dict(),
+    }
+    _atomic_write(os.path.join(partial, META_FILE), json.dumps(meta, indent=1))
+    _atomic_write(os.path.join(run_dir, MODEL_SHAPE_FILE),
+                  json.dumps(_shape_dict(run_config.model), indent=1))
+
+
+def _commit(partial: str, final: str, run_dir: str, iteration: int) -> None:
+    """Rename the finished save into place, then switch the pointer to it (rank 0)."""
+    if os.path.exists(final):  # re-saving an iteration (e.g. after a resume)
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    _fsync_dir(run_dir)
+    _atomic_write(os.path.join(run_dir, POINTER_FILE), str(iteration))
+    _fsync_dir(run_dir)
+
+
+def _disk_error(error: Exception, path: str) -> Optional[OSError]:
+    """The OSError behind a failed dist-checkpoint write (torch wraps its writer processes'
+    errors in a CheckpointException whose text alone keeps the errno), or None."""
+    seen, pending = set(), [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return None if current is error else current
+        pending += [current.__cause__, current.__context__,
+                    *(getattr(current, "failures", None) or {}).values()]
+        match = re.search(r"\[Errno (\d+)\] ([^'\n]*)", str(current))
+        if match:
+            return OSError(int(match.group(1)), match.group(2).strip(), path)
+    return None
 
 
 def _shape_dict(shape: ModelShape) -> Dict[str, Any]:

@@ -111,6 +111,10 @@ class TrainingConfig:
     """Optimizer steps; the temperature, logit-scale, regulariser and LR schedules span them."""
     exit_interval: Optional[int] = None
     """Stop (after saving, if --save is set) once the iteration is a multiple of this."""
+    exit_signal_handler: bool = False
+    """On SIGTERM or SIGUSR1 (a preemption, a Slurm time limit's warning signal) finish the step
+    in flight, save a checkpoint to --save and exit 0, all ranks at the same iteration; a
+    second signal during that save aborts it (the previous checkpoint stays the latest)."""
     seed: int = 1234
     """Seed of initialisation, data order and (with the iteration) the Gumbel noise."""
 
@@ -250,6 +254,9 @@ class RunConfig:
         if self.training.seq_length > self.model.max_position_embeddings:
             raise ValueError(f"seq_length {self.training.seq_length} exceeds the model's "
                              f"max_position_embeddings {self.model.max_position_embeddings}")
+        if self.training.exit_signal_handler and not self.checkpoint.save:
+            raise ValueError("--exit-signal-handler saves a checkpoint when a signal stops the "
+                             "run: pass --save DIR")
         if not self.data.mock_data and not self.data.data_path:
             raise ValueError("no training data: pass --data-path PREFIX (see "
                              "tools/preprocess_data.py) or --mock-data")

@@ -6,9 +6,12 @@ validation are ours. The same code runs with NCCL on GPUs and with gloo on CPU.
 """
 import dataclasses
 import functools
+import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -27,6 +30,11 @@ from .config import DistillConfig, RunConfig
 from .distillation import sequence_major_grad, vocab_parallel_kl
 from .monitor import MetricsLogger, peak_memory_bytes, perplexity
 from .run_lock import holding_run_dir
+from .signals import ExitSignalHandler, SaveAborted, signal_name
+
+
+class NonFiniteError(ValueError):
+    """A non-finite loss, gradient norm or parameter: the run stops before anything is saved."""
 
 
 @dataclass
@@ -43,6 +51,8 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     vocab_size: Optional[int] = None
     """The tokenizer's vocabulary (the model's rows past it are padding)."""
+    checkpoint: Optional[str] = None
+    """The checkpoint this run resumed from or last saved."""
 
 
 def data_parallel_size() -> int:
@@ -195,12 +205,16 @@ def train_step(run: Run) -> Dict[str, float]:
     batches = microbatches(run.train_data, first_sample=state.consumed_train_samples, config=config)
     run.ddp.zero_grad_buffer()
     run.optimizer.zero_grad()
-    losses = _run_batches(run, batches, forward_only=False)
+    losses = _run_batches(run, batches, forward_only=False)  # the same on every rank
+    for key, what in (("lm loss", "loss"), ("distill loss", "distillation loss")):
+        if key in losses and not math.isfinite(losses[key]):
+            raise NonFiniteError(f"non-finite {what} ({losses[key]}) at iteration "
+                                 f"{state.iteration + 1}")
     lr = max((g["lr"] for g in run.optimizer.param_groups if g["params"]), default=0.0)
-    ok, grad_norm, _ = run.optimizer.step()
-    if not ok:
-        raise RuntimeError(f"optimizer step failed at iteration {state.iteration} (grad norm "
-                           f"{grad_norm}): NaN or Inf in the gradients")
+    ok, grad_norm, _ = run.optimizer.step()  # the grad norm is reduced over all ranks
+    if not ok or (grad_norm is not None and not math.isfinite(grad_norm)):
+        raise NonFiniteError(f"non-finite gradient norm ({grad_norm}) at iteration "
+                             f"{state.iteration + 1}")
     run.scheduler.step(increment=1)
     state.iteration += 1
     state.consumed_train_samples += config.training.global_batch_size
@@ -298,11 +312,13 @@ def setup_run(config: RunConfig) -> Run:
     run = Run(config=config, ddp=ddp, gpt=gpt, optimizer=optimizer, scheduler=scheduler,
               train_data=train_data, valid_data=valid_data, vocab_size=tokenizer.vocab_size)
     num_microbatches(config)  # fail early on a batch that does not split
-    resume = latest_checkpoint(config.checkpoint.load)
+    resume = latest_checkpoint(config.checkpoint.load,
+                               announce="resuming from" if dist.get_rank() == 0 else None)
     if resume:
         run.state = checkpointing.load_checkpoint(resume, model=gpt, optimizer=optimizer,
                                                   scheduler=scheduler, run_config=config,
                                                   trust=config.checkpoint.trust_checkpoint)
+        run.checkpoint = resume
     else:
         _initialise_masks(run)
     if run.state.mask_reference is None:  # a fresh run, or resumed at another TP/PP split
@@ -315,13 +331,15 @@ def _is_logging_rank() -> bool:
 
 
 def train(config: RunConfig) -> List[Dict[str, float]]:
-    """Train until train_iters (or exit_interval); return every iteration's metrics. The save
-    directory is locked for the run's length (``run_lock``): one job per run directory."""
-    with holding_run_dir(config.checkpoint.save):
-        return _train(config)
+    """Train until train_iters (or exit_interval, or an exit signal); return every iteration's
+    metrics. The save directory is locked for the run's length (``run_lock``): one job per run
+    directory; with --exit-signal-handler SIGTERM/SIGUSR1 save and stop (``signals``)."""
+    with holding_run_dir(config.checkpoint.save), \
+            ExitSignalHandler(enabled=config.training.exit_signal_handler) as signals:
+        return _train(config, signals)
 
 
-def _train(config: RunConfig) -> List[Dict[str, float]]:
+def _train(config: RunConfig, signals: ExitSignalHandler) -> List[Dict[str, float]]:
     run = setup_run(config)
     t, log_cfg, ckpt = config.training, config.logging, config.checkpoint
     log_dir = log_cfg.log_dir or (f"{ckpt.save}/logs" if ckpt.save else None)
@@ -332,12 +350,19 @@ def _train(config: RunConfig) -> List[Dict[str, float]]:
     try:
         while run.state.iteration < t.train_iters:
             start = time.perf_counter()
-            metrics = train_step(run)
+            try:
+                metrics = train_step(run)
+            except NonFiniteError as error:
+                raise NonFiniteError(f"{error}{_last_good(run)}") from None
+            it = run.state.iteration
+            signum, finite = _agreed_after_step(run, signals, device)
+            if not finite:
+                raise NonFiniteError(f"non-finite parameters after the optimizer step of "
+                                     f"iteration {it}{_last_good(run)}")
             metrics["step_time_s"] = time.perf_counter() - start
-            metrics["iteration"] = run.state.iteration
+            metrics["iteration"] = it
             history.append(metrics)
             window.append(metrics)
-            it = run.state.iteration
             if it % log_cfg.log_interval == 0 or it == t.train_iters:
                 logger.log(_train_record(run, window, device))
                 window = []
@@ -347,16 +372,71 @@ def _train(config: RunConfig) -> List[Dict[str, float]]:
                             "tokens": run.state.consumed_train_samples * t.seq_length,
                             **evaluate(run)})
             stop = t.exit_interval is not None and it % t.exit_interval == 0
-            if ckpt.save and (it == t.train_iters or stop or
+            if ckpt.save and (it == t.train_iters or stop or signum or
                               (ckpt.save_interval and it % ckpt.save_interval == 0)):
-                checkpointing.save_checkpoint(ckpt.save, run.state, model=run.gpt,
-                                              optimizer=run.optimizer, scheduler=run.scheduler,
-                                              run_config=config)
+                _save(run, signals)
+            if signum:
+                if dist.get_rank() == 0:
+                    print(f"saved checkpoint {os.path.basename(run.checkpoint)} after "
+                          f"{signal_name(signum)}; exiting 0 so a requeued job resumes from it",
+                          file=sys.stderr, flush=True)
+                break
             if stop:
                 break
     finally:
         logger.close()
     return history
+
+
+def _save(run: Run, signals: ExitSignalHandler) -> None:
+    """Save a checkpoint; a second exit signal meanwhile aborts it (nothing partial is left)."""
+    ckpt = run.config.checkpoint
+    try:
+        with signals.abortable():
+            run.checkpoint = checkpointing.save_checkpoint(
+                ckpt.save, run.state, model=run.gpt, optimizer=run.optimizer,
+                scheduler=run.scheduler, run_config=run.config, committing=signals.committing)
+    except SaveAborted as aborted:
+        previous = _latest_saved(run)
+        aborted.detail = (f"iteration {run.state.iteration} was not saved; " + (
+            f"the latest checkpoint is still {previous}" if previous else "no checkpoint was saved"))
+        raise
+
+
+def _latest_saved(run: Run) -> Optional[str]:
+    """The checkpoint a resume from --save (else from --load) would start from, if any."""
+    ckpt = run.config.checkpoint
+    for directory in (ckpt.save, ckpt.load):
+        try:
+            found = latest_checkpoint(directory, announce=None)
+        except ValueError:
+            found = None
+        if found and os.path.isdir(found):
+            return found
+    return None
+
+
+def _last_good(run: Run) -> str:
+    """The tail of a non-finite error: where a run can go on from, and what to change."""
+    found = _latest_saved(run)
+    if not found:
+        return "; no checkpoint was saved: start again with a lower --lr"
+    return (f"; the last good checkpoint is {found} (resuming from it with --load "
+            f"{os.path.dirname(found)} repeats this with the saved LR schedule): start again "
+            "with a lower --lr")
+
+
+def _agreed_after_step(run: Run, signals: ExitSignalHandler, device) -> Tuple[int, bool]:
+    """(the exit signal any rank received, 0 if none; whether every rank's trained parameters
+    are finite), the same on every rank: one all-reduce (MAX) per step."""
+    trained = [p for p in run.gpt.parameters() if p.requires_grad]
+    finite = torch.stack([torch.isfinite(p).all() for p in trained]).all() if trained else \
+        torch.ones((), dtype=torch.bool, device=device)
+    flags = torch.stack([torch.tensor(float(signals.received or 0), device=device),
+                         (~finite).float()])
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    signum, non_finite = flags.tolist()
+    return int(signum), not non_finite
 
 
 def _train_record(run: Run, window: List[Dict[str, float]], device) -> Dict[str, float]:

@@ -94,7 +94,8 @@ class RunDirLock:
 @contextmanager
 def holding_run_dir(run_dir: Optional[str]) -> Iterator[None]:
     """Rank 0 holds ``run_dir``'s lock inside (nothing when ``run_dir`` is None); every rank
-    raises the same ValueError when it is taken, so none is left waiting at a collective."""
+    raises the same ValueError when it is taken or cannot be written, so none is left waiting
+    at a collective."""
     import torch.distributed as dist
 
     if not run_dir:
@@ -108,6 +109,10 @@ def holding_run_dir(run_dir: Optional[str]) -> Iterator[None]:
             lock.acquire()
         except ValueError as error:
             outcome = [str(error)]
+        except OSError as error:  # a read-only or forbidden --save: every rank says so
+            from ..cli_errors import describe_os_error
+
+            outcome = [f"cannot write --save {run_dir!r}: {describe_os_error(error)}"]
     if dist.get_world_size() > 1:
         dist.broadcast_object_list(outcome, src=0)
     if outcome[0] is not None:

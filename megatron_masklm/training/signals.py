@@ -1,0 +1,97 @@
+"""Preemption-safe stopping (``--exit-signal-handler``): SIGTERM or SIGUSR1 finishes the step in
+flight, saves a checkpoint and exits 0, so a requeued job resumes from it.
+
+As Megatron-LM's ``DistributedSignalHandler``: each rank's handler only records the signal; the
+training loop all-reduces it (MAX) after every step, so all ranks stop at the same iteration
+whichever of them the signal reached. A second signal during a save raises :class:`SaveAborted`
+there (the save removes its ``.partial`` directory; the pointer keeps naming the previous
+checkpoint), except once the save commits (:meth:`ExitSignalHandler.committing`).
+Handlers are installed on entering the context and the previous ones restored on leaving it.
+"""
+import os
+import signal
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+EXIT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class SaveAborted(BaseException):
+    """A second signal arrived during a checkpoint save, which was abandoned. A BaseException,
+    like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int, detail: str = ""):
+        super().__init__(signum, detail)
+        self.signum, self.detail = signum, detail
+
+    def __str__(self) -> str:
+        return f"a second {signal_name(self.signum)} aborted the checkpoint save" + (
+            f": {self.detail}" if self.detail else "")
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def _say(text: str) -> None:
+    """One line on stderr from a signal handler: os.write, since the interrupted code may be in
+    the middle of a buffered write to the same stream."""
+    os.write(2, f"{text}\n".encode())
+
+
+class ExitSignalHandler:
+    """Records SIGTERM/SIGUSR1 while active (see module); inert when not ``enabled``."""
+
+    def __init__(self, *, enabled: bool, signals=EXIT_SIGNALS):
+        self.enabled = enabled
+        self.signals = tuple(signals)
+        self.received: Optional[int] = None
+        """The first signal this rank received (None: none yet)."""
+        self._previous = {}
+        self._pid = None
+        self._abortable = False
+
+    def __enter__(self) -> "ExitSignalHandler":
+        if self.enabled:
+            self._pid = os.getpid()
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.signals}
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+        return False
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a forked checkpoint writer: die as it would without us
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        name = signal_name(signum)
+        if self.received is not None and self._abortable:
+            self._abortable = False  # a third signal during the clean-up is only recorded
+            _say(f"received a second {name} during the checkpoint save: aborting the save")
+            raise SaveAborted(signum)
+        if self.received is None:
+            self.received = signum
+            _say(f"received {name}: finishing the current iteration, then saving a checkpoint "
+                 "and exiting")
+        else:
+            _say(f"received {name} again: already stopping after the current iteration")
+
+    @contextmanager
+    def abortable(self) -> Iterator[None]:
+        """A save: inside, a signal after the first one aborts it (:class:`SaveAborted`)."""
+        self._abortable = True
+        try:
+            yield
+        finally:
+            self._abortable = False
+
+    @contextmanager
+    def committing(self) -> Iterator[None]:
+        """The save's commit (renames, pointer switch): from here on a second signal does not
+        abort it; the save completes and the run exits as the first signal asked."""
+        self._abortable = False
+        yield
