@@ -16,6 +16,7 @@ files run before the exception reaches :func:`run_cli`.
 """
 import errno
 import os
+import re
 import sys
 from typing import Callable, Optional
 
@@ -77,14 +78,55 @@ def run_cli(body: Callable[[], int], *, output: Optional[str] = None) -> int:
     except _checkpoint_exception_types() as error:  # an empty tuple catches nothing
         print(f"error: cannot read the checkpoint: {_first_line(error)}", file=sys.stderr)
         return EXIT_ERROR
+    except _torch_checkpoint_exception_types() as error:  # a BaseException: not Ctrl-C, though
+        disk = _os_error_inside(error)
+        text = (describe_os_error(disk, path=output) if disk is not None
+                else f"the checkpoint reader/writer failed: {_first_line(error)}")
+        print(f"error: {text}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _torch_checkpoint_exception_types() -> tuple:
+    """torch.distributed.checkpoint's CheckpointException (it wraps its readers' and writers'
+    errors, a full disk among them), when torch has loaded it."""
+    module = sys.modules.get("torch.distributed.checkpoint.api")
+    found = getattr(module, "CheckpointException", None)
+    return (found,) if isinstance(found, type) else ()
+
+
+def _os_error_inside(error: BaseException) -> Optional[OSError]:
+    """The OSError a wrapped failure stems from (its causes, its per-rank ``failures``, or an
+    ``[Errno N] text`` in its message, all that survives a writer process), or None."""
+    seen, pending = set(), [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return current
+        failures = getattr(current, "failures", None) or {}
+        pending += [current.__cause__, current.__context__,
+                    *(f[0] if isinstance(f, tuple) else f for f in failures.values())]
+        match = re.search(r"\[Errno (\d+)\] ([^'\n]*)", _text(current))
+        if match:
+            return OSError(int(match.group(1)), os.strerror(int(match.group(1))))
+    return None
 
 
 def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
+def _text(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:  # a wrapper whose __str__ fails on what it wraps
+        return type(error).__name__
+
+
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
+    text = _text(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
