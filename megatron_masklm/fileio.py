@@ -72,11 +72,15 @@ def _about(error: OSError, output: str, tmp) -> OSError:
     return OSError(error.errno, error.strerror, renamed)
 
 
-def check_writable(path: str) -> None:
+def check_writable(path: str, *, make_parents: bool = False) -> None:
     """Raise the OSError that writing ``path`` with the functions here would meet (a read-only
-    or forbidden directory), before the work that produces it: a probe file is created and
-    removed in the nearest existing directory above ``path``."""
+    or forbidden directory, a missing one), before the work that produces it: a probe file is
+    created and removed in the directory that would hold it (with ``make_parents``, as
+    :func:`atomic_output_dir` makes them, the nearest existing one above it)."""
     parent = os.path.dirname(os.path.abspath(path))
+    if not make_parents and not os.path.isdir(parent):
+        raise FileNotFoundError(errno.ENOENT, "its directory does not exist: create it first or "
+                                "pick another path", path)
     while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
         parent = os.path.dirname(parent)
     try:
@@ -111,7 +115,7 @@ def check_output_dir(output: str, *, overwrite: bool = False) -> None:
     if os.path.lexists(output) and not os.path.isdir(output):
         raise ValueError(f"{output!r} is a file, not a directory: it would be replaced by one; "
                          "remove it yourself or pick another output directory")
-    check_writable(output)
+    check_writable(output, make_parents=True)
 
 
 @contextlib.contextmanager

@@ -53,7 +53,8 @@ def _plot(args) -> int:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ValueError("tools/plot_training.py needs matplotlib (pip install -e .[plot])") from None
+        raise ValueError("tools/plot_training.py needs matplotlib "
+                         "(pip install -e .[plot])") from None
     title = path if args.title is None else args.title
     plot_training_log(records, output, hlines=args.hline, title=title)
     print(f"wrote {output} ({len(records)} records from {path})")

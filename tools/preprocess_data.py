@@ -51,9 +51,9 @@ def _preprocess(args) -> int:
 
     for key in args.json_keys:  # the files --output-prefix names, against every --input
         for ext in (".bin", ".idx"):
+            output = f"{args.output_prefix}_{key}_document{ext}"
             for path in args.input:
-                refuse_overlap(inputs={"--input": path},
-                               outputs={"--output-prefix": f"{args.output_prefix}_{key}_document{ext}"})
+                refuse_overlap(inputs={"--input": path}, outputs={"--output-prefix": output})
     tokenizer = build_tokenizer(args.tokenizer_type, tokenizer_model=args.tokenizer_model,
                                 vocab_size=args.vocab_size)
     prefixes = build_indexed_dataset(

@@ -102,7 +102,8 @@ def convert_hf_to_megatron(source: str, output: str, *, tensor_model_parallel_si
 def _check_sizes(tp: int, pp: int, vocab_multiple: int) -> None:
     """Sizes below 1 are refused by flag (Megatron's own message names neither)."""
     for flag, value, rule in (
-            ("--target-tensor-parallel-size", tp, "and divide the attention heads and query groups"),
+            ("--target-tensor-parallel-size", tp,
+             "and divide the attention heads and query groups"),
             ("--target-pipeline-parallel-size", pp, "and divide the layers"),
             ("--make-vocab-size-divisible-by", vocab_multiple, "(128 is Megatron-LM's default)")):
         if value < 1:

@@ -150,7 +150,8 @@ def _check_loaded(hf_dir: str, loading: Dict[str, Any]) -> None:
                         for entry in loading.get("mismatched_keys") or ())
     if missing or mismatched:
         detail = (f"lack {len(missing)} tensors the config needs, e.g. {missing[:3]}" if missing
-                  else f"have tensors whose shapes disagree with config.json, e.g. {mismatched[:3]}")
+                  else f"have tensors whose shapes disagree with config.json, e.g. "
+                       f"{mismatched[:3]}")
         raise ValueError(f"the weights in --hf-dir {hf_dir!r} {detail}: the checkpoint is "
                          "incomplete or does not match its config.json (transformers would "
                          "initialise them at random); re-export or re-download it")

@@ -287,6 +287,21 @@ def test_a_read_only_output_directory_is_one_line_before_the_work(assets, read_o
                                      r"write the output to a writable directory$")
 
 
+def test_an_output_file_in_a_missing_directory_is_refused_before_the_work(assets, tmp_path,
+                                                                          monkeypatch):
+    from megatron_masklm.evaluation import perplexity
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(perplexity, "hf_logits_fn", no_work)
+    out = str(tmp_path / "missing" / "ppl.json")
+    code, err = run_tool("eval_ppl", "--hf-dir", assets["hf"], "--text", assets["text"], *NULL,
+                         "--seq-length", SEQ, "--output", out)
+    assert_one_line_error(code, err, rf"^error: no such file or directory \({re.escape(out)}\): "
+                                     r"its directory does not exist: create it first")
+
+
 # ----------------------------------------------------------------------------- case 6
 @pytest.mark.parametrize("tool", ["export_masks", "convert_megatron_to_hf", "eval_ppl"])
 @pytest.mark.parametrize("damage", ["missing", "truncated"])

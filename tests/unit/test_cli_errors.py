@@ -18,7 +18,8 @@ def _run(capsys, error, **kwargs):
 
 @pytest.mark.parametrize("error, output, expected", [
     (ValueError("--x 3 is bad:\n  pass --x 2"), None, "error: --x 3 is bad: pass --x 2"),
-    (CheckpointError("cannot read 'a.gguf': truncated"), None, "error: cannot read 'a.gguf': truncated"),
+    (CheckpointError("cannot read 'a.gguf': truncated"), None,
+     "error: cannot read 'a.gguf': truncated"),
     (OSError(errno.ENOSPC, "No space left on device"), "/o",
      "error: no space left on device (/o): free space there or write to another disk"),
     (OSError(errno.EROFS, "Read-only file system", "/ro/f"), "/o",
