@@ -169,7 +169,8 @@ class CheckpointConfig:
     """Saving, resuming and the dense starting point."""
 
     load: Optional[str] = None
-    """Resume from this run directory (its latest checkpoint) when it has one."""
+    """Resume from this run directory when it has a checkpoint: the one its
+    latest_checkpointed_iteration.txt names or, without that file, its newest complete iter_*."""
     save: Optional[str] = None
     """Run directory to save checkpoints to (often the same as load)."""
     save_interval: Optional[int] = None

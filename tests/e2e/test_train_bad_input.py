@@ -97,6 +97,12 @@ def test_yaml_values_that_are_fine_still_work():
     assert config.parallel.transformer_impl == "local"  # the default: TE only when asked
 
 
+def test_exit_signal_handler_needs_a_save_directory(data, capfd):
+    code, _, err = _train(capfd, *cli_flags(_options(data)), "--exit-signal-handler")
+    assert code == 1
+    _one_error_line(err, r"--exit-signal-handler saves a checkpoint .*: pass --save DIR")
+
+
 def test_an_empty_indexed_dataset_is_named(tmp_path, capfd):
     import numpy as np
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -181,20 +187,23 @@ def test_ctrl_c_during_a_save_is_one_line_and_leaves_the_previous_checkpoint(
     assert not _leftovers(run_dir) and not (run_dir / "iter_0000004").exists()
 
 
-def test_a_second_signal_during_the_exit_save_aborts_it(data, tmp_path, capfd, monkeypatch):
-    """The first SIGTERM arrives during the save of iteration 2 (it completes); iteration 3 is
-    then saved because of it, and a second SIGTERM during that save aborts it."""
-    sigterm = lambda: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
-    _on_save_of(monkeypatch, 2, sigterm)
-    _on_save_of(monkeypatch, 3, sigterm)
-    before = signal.getsignal(signal.SIGTERM)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_second_signal_during_the_exit_save_aborts_it(data, tmp_path, capfd, monkeypatch,
+                                                        signum):
+    """The first signal arrives during the save of iteration 2 (it completes); iteration 3 is
+    then saved because of it, and a second signal during that save aborts it."""
+    send = lambda: os.kill(os.getpid(), signum)  # noqa: E731
+    _on_save_of(monkeypatch, 2, send)
+    _on_save_of(monkeypatch, 3, send)
+    before = signal.getsignal(signum)
     run_dir = tmp_path / "run"
     code, _, err = _train(capfd, *cli_flags(_options(data, train_iters=8, save_interval=2)),
                           "--save", run_dir, "--exit-signal-handler")
-    assert signal.getsignal(signal.SIGTERM) is before  # the handler is gone with the run
-    assert code == 128 + signal.SIGTERM
-    assert "received SIGTERM: finishing the current iteration" in err
-    _one_error_line(err, rf"a second SIGTERM aborted the checkpoint save: iteration 3 was not "
+    assert signal.getsignal(signum) is before  # the handler is gone with the run
+    assert code == 128 + signum
+    name = signal.Signals(signum).name
+    assert f"received {name}: finishing the current iteration" in err
+    _one_error_line(err, rf"a second {name} aborted the checkpoint save: iteration 3 was not "
                          rf"saved; the latest checkpoint is still {run_dir}/iter_0000002")
     assert (run_dir / POINTER).read_text() == "2"
     assert sorted(os.listdir(run_dir)) == sorted(["iter_0000002", "logs", "model_shape.json", POINTER])
