@@ -91,7 +91,9 @@ def load_model(directory: str, shape: ModelShape, pattern: Optional[str], *,
     missing = sorted(mcore.compat.sharded_tensor_keys(state) - set(present))
     if missing:
         raise ValueError(f"{directory!r} does not match model_shape.json: missing {missing[:3]}")
-    safe_load.check_tensor_shapes(state, present, directory, what="checkpoint")
+    safe_load.check_tensor_shapes(state, present, directory, what="checkpoint", fix=(
+        "its model_shape.json does not describe its tensors: restore the model_shape.json saved "
+        "with it"))
     loaded = safe_load.load(state, directory, trust=trust)  # also returns the common state
     mcore.load_model_tensors(model, {key: loaded[key] for key in state})
     return model

@@ -13,7 +13,7 @@ import os
 import pickle
 import zipfile
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 from ..cli_errors import CheckpointError
 from ..safe_pickle import (TRUST_FLAG, UnsafeCheckpointError, check_metadata, trusting_loads,
@@ -119,10 +119,11 @@ def check_tensors_present(state: Dict[str, Any], directory: str, *, what: str,
 
 
 def check_tensor_shapes(state: Dict[str, Any], present: Dict[str, Any], directory: str, *,
-                        what: str) -> None:
+                        what: str, fix: Optional[str] = None) -> None:
     """Every ShardedTensor of ``state`` must have the global shape the checkpoint's metadata
     (``present``) gives it; else a ValueError that names the difference (the layer count, or the
-    first tensor that differs) and the fix, where Megatron's loader raises a bare shape error."""
+    first tensor that differs) and ``fix`` (default: the model's shape flags), where Megatron's
+    loader raises a bare shape error."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
@@ -134,18 +135,21 @@ def check_tensor_shapes(state: Dict[str, Any], present: Dict[str, Any], director
                 differ[value.key] = (saved, tuple(value.global_shape))
     if not differ:
         return
-    fix = "fix the model's shape flags or pick the matching checkpoint"
-    layers = {(saved[0], wanted[0]) for key, (saved, wanted) in differ.items()
-              if key.startswith("decoder.layers.") and saved[1:] == wanted[1:]}
-    if len(layers) == 1 and len(differ) == sum(key.startswith("decoder.layers.") for key in differ):
+    layers = {(saved[0], wanted[0]) for saved, wanted in differ.values()}
+    only_layers = all(key.startswith("decoder.layers.") and saved[1:] == wanted[1:]
+                      for key, (saved, wanted) in differ.items())
+    if only_layers and len(layers) == 1:  # layers are stacked on the first axis
         saved, wanted = layers.pop()
         raise ValueError(f"{what} {directory!r} has {saved} layers but the model has {wanted}: "
-                         f"drop --num-layers or set it to {saved} ({fix})")
+                         + (fix or f"drop --num-layers or set it to {saved}, or pick the "
+                                   "matching checkpoint"))
     key, (saved, wanted) = sorted(differ.items())[0]
     raise ValueError(f"{what} {directory!r} does not match this model's shape: {key!r} is "
                      f"{list(saved)} in the checkpoint but {list(wanted)} in the model "
-                     f"({len(differ)} tensors differ): {fix} (--hidden-size, --ffn-hidden-size, "
-                     "--num-attention-heads, --num-query-groups, --num-layers, --vocab-size)")
+                     f"({len(differ)} tensors differ): "
+                     + (fix or "fix the shape flags (--hidden-size, --ffn-hidden-size, "
+                               "--num-attention-heads, --num-query-groups, --num-layers, "
+                               "--vocab-size) or pick the matching checkpoint"))
 
 
 def load_model_weights(directory: str, *, model, skip_suffix: str, what: str,

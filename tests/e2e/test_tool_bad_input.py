@@ -7,6 +7,7 @@ The disk faults are real small filesystems (tests/diskfault.py).
 """
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -339,14 +340,34 @@ def test_export_masks_will_not_replace_a_directory_with_a_file(assets, tmp_path)
 
 
 # ----------------------------------------------------------------------------- case 8
-def test_a_pretrained_checkpoint_with_other_layers_is_refused_by_name(assets, tmp_path):
-    options = {**assets["options"], "num_layers": 3, "train_iters": 3}
+@pytest.mark.parametrize("flag, value, message", [
+    ("num_layers", 3, r"has 2 layers but the model has 3: drop --num-layers or set it to 2, or "
+                      r"pick the matching checkpoint$"),
+    ("ffn_hidden_size", 96, r"does not match this model's shape: 'decoder\.layers\.mlp\.linear_fc2"
+                            r"\.weight' is \[2, 64, 128\] in the checkpoint but \[2, 64, 96\] in "
+                            r"the model \(\d+ tensors differ\): fix the shape flags \(--hidden-size, "
+                            r"--ffn-hidden-size"),
+])
+def test_a_pretrained_checkpoint_of_another_shape_is_refused_by_name(assets, tmp_path, flag,
+                                                                     value, message):
+    options = {**assets["options"], flag: value, "train_iters": 3}
     out = tmp_path / "run3"
     code, err = run_tool("train", *cli_flags(options), "--pretrained-checkpoint", assets["run"],
                          "--save", out)
-    assert_one_line_error(code, err, r"pretrained checkpoint '.*iter_0000002' has 2 layers but "
-                                     r"the model has 3: drop --num-layers or set it to 2")
+    assert_one_line_error(code, err, r"pretrained checkpoint '.*iter_0000002' " + message)
     assert not os.path.exists(out / "iter_0000001")
+
+
+def test_a_model_shape_json_that_disagrees_with_the_tensors_is_named(assets, tmp_path):
+    run = _copy(assets["run"], tmp_path, "run")
+    shape_file = os.path.join(run, "model_shape.json")
+    shape = json.load(open(shape_file))
+    json.dump({**shape, "num_layers": 3}, open(shape_file, "w"))
+    code, err = run_tool("convert_megatron_to_hf", "--load-dir", run, "--save-dir",
+                         tmp_path / "hf")
+    assert_one_line_error(code, err, r"checkpoint '.*iter_0000002' has 2 layers but the model has "
+                                     r"3: its model_shape\.json does not describe its tensors")
+    assert not (tmp_path / "hf").exists() and leftovers(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------- case 9
