@@ -276,8 +276,14 @@ def test_load_without_a_pointer_resumes_from_the_newest_complete_checkpoint(data
 def _wait_for_steps(proc, run_dir, log, *, steps=1, timeout=200):
     """Block until the run's metrics log has ``steps`` training records (no sleep-and-hope)."""
     path = os.path.join(run_dir, "logs", "train_log.jsonl")
+
+    def logged():  # complete lines only: the run may be writing the next one
+        if not os.path.exists(path):
+            return 0
+        return sum('"kind": "train"' in line for line in open(path).read().split("\n")[:-1])
+
     deadline = time.monotonic() + timeout
-    while not (os.path.exists(path) and len(_losses(run_dir)) >= steps):
+    while logged() < steps:
         assert proc.poll() is None, open(log).read()[-3000:]
         assert time.monotonic() < deadline, f"no {steps} training steps within {timeout} s"
         time.sleep(0.05)
@@ -291,7 +297,7 @@ def _start(cmd, log):
 
 @pytest.mark.timeout(300)
 def test_sigterm_saves_exits_0_and_the_resumed_run_is_bit_identical(data, tmp_path, capfd):
-    options = _options(data, train_iters=40, save_interval=1000)
+    options = _options(data, train_iters=30, save_interval=1000)
     train = [sys.executable, "-m", "megatron_masklm.train", *cli_flags(options)]
     run_dir, log = str(tmp_path / "run"), str(tmp_path / "run.log")
     proc = _start(train + ["--save", run_dir, "--exit-signal-handler"], log)
@@ -304,7 +310,7 @@ def test_sigterm_saves_exits_0_and_the_resumed_run_is_bit_identical(data, tmp_pa
             os.killpg(proc.pid, signal.SIGKILL)
     output = open(log).read()
     reached = int(open(os.path.join(run_dir, POINTER)).read())
-    assert 1 <= reached < 40 and max(_losses(run_dir)) == reached
+    assert 1 <= reached < 30 and max(_losses(run_dir)) == reached
     assert "received SIGTERM: finishing the current iteration" in output
     assert (f"saved checkpoint iter_{reached:07d} after SIGTERM; exiting 0 so a requeued job "
             "resumes from it") in output
@@ -316,9 +322,10 @@ def test_sigterm_saves_exits_0_and_the_resumed_run_is_bit_identical(data, tmp_pa
     reference = str(tmp_path / "reference")
     code, _, err = _train(capfd, *cli_flags(options), "--save", reference)
     assert code == 0, err
-    assert _losses(run_dir) == _losses(reference) and len(_losses(reference)) == 40
+    assert _losses(run_dir) == _losses(reference) and len(_losses(reference)) == 30
 
 
+@pytest.mark.dist
 @pytest.mark.timeout(300)
 def test_sigterm_to_one_torchrun_rank_stops_both_at_the_same_iteration(data, tmp_path):
     options = _options(data, train_iters=200, save_interval=1000, tensor_model_parallel_size=2)
