@@ -130,18 +130,21 @@ def save_checkpoint(run_dir: str, train_state: TrainState, *, model, optimizer, 
     ``committing`` wraps the final renames and the pointer switch (a signal handler's seam)."""
     final = iteration_dir(run_dir, train_state.iteration)
     partial = final + ".partial"
+    def prepare():
+        os.makedirs(run_dir, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
+        os.makedirs(partial)
+
+    def finish():
+        _write_meta(partial, run_dir, train_state, scheduler=scheduler, run_config=run_config)
+        with committing():
+            _commit(partial, final, run_dir, train_state.iteration)
+
     try:
-        if dist.get_rank() == 0:
-            os.makedirs(run_dir, exist_ok=True)
-            shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
-            os.makedirs(partial)
-        dist.barrier()
+        _on_rank_0(prepare)
         _write_partial(partial, train_state, model=model, optimizer=optimizer)
         dist.barrier()
-        if dist.get_rank() == 0:
-            _write_meta(partial, run_dir, train_state, scheduler=scheduler, run_config=run_config)
-            with committing():
-                _commit(partial, final, run_dir, train_state.iteration)
+        _on_rank_0(finish)
     except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)
         # torch's CheckpointException (its writers' errors) is a BaseException, not Ctrl-C
@@ -150,8 +153,21 @@ def save_checkpoint(run_dir: str, train_state: TrainState, *, model, optimizer, 
         if disk_error is not None:
             raise disk_error from error
         raise
-    dist.barrier()
     return final
+
+
+def _on_rank_0(work: Callable[[], None]) -> None:
+    """``work`` on rank 0, then its error (if any) raised on every rank: none waits for it."""
+    outcome = [None]
+    if dist.get_rank() == 0:
+        try:
+            work()
+        except Exception as error:  # pylint: disable=broad-except
+            outcome = [error]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def _write_partial(partial: str, train_state: TrainState, *, model, optimizer) -> None:
