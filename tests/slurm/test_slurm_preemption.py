@@ -5,9 +5,9 @@ a run whose per-iteration losses equal an uninterrupted run's, the reference run
 """
 import json
 import os
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -75,14 +75,21 @@ def _losses(run_dir: Path) -> dict:
     return losses
 
 
-def _attempts(run_dir: Path):
-    """The logged iterations, split where they start again (a resumed run)."""
+def _attempts(out: Path):
+    """The iterations each run of the script printed, from the job output (--open-mode=append:
+    one file for every run of the job, each starting with the script's "job N (restart K)")."""
     attempts = []
-    for record in _records(run_dir):
-        if not attempts or record["iteration"] <= attempts[-1][-1]:
+    for line in out.read_text().splitlines():
+        if re.match(r"job \d+ \(restart \d+\)", line):
             attempts.append([])
-        attempts[-1].append(record["iteration"])
+        elif re.match(r" iteration +\d+/", line):
+            attempts[-1].append(int(line.split()[1].split("/")[0]))
     return attempts
+
+
+def _checkpoints(run_dir: Path):
+    return sorted(int(p.name[len("iter_"):]) for p in run_dir.glob("iter_*")
+                  if not p.name.endswith(".partial"))
 
 
 def _checkpointed(run_dir: Path) -> int:
@@ -140,13 +147,13 @@ def test_requeue_mid_run_resumes_with_the_uninterrupted_losses(slurm_cluster, ti
     assert job["Restarts"] == "1"
     log = out.read_text()
     assert f"job {job_id} (restart 0)" in log and f"job {job_id} (restart 1)" in log
-    first, second = _attempts(run_dir)
-    # Slurm's SIGTERM made the workers save the step in flight (or the requeue lost the steps
-    # since the last periodic checkpoint): the second attempt goes on from that checkpoint
-    resumed_from = second[0] - 1
-    assert SAVE_INTERVAL <= resumed_from <= first[-1] < TRAIN_ITERS
-    assert resumed_from == first[-1] or resumed_from % SAVE_INTERVAL == 0
-    assert second == list(range(resumed_from + 1, TRAIN_ITERS + 1))
+    first, second = _attempts(out)
+    assert first[0] == 1 and first[-1] < TRAIN_ITERS, first
+    # the second run goes on from the newest checkpoint the first left: the step in flight,
+    # saved on Slurm's SIGTERM, or else the last periodic one
+    resumed_from = max(c for c in _checkpoints(run_dir) if c <= first[-1])
+    assert resumed_from >= SAVE_INTERVAL
+    assert second == list(range(resumed_from + 1, TRAIN_ITERS + 1)), (first, second)
     _assert_clean_and_equal(run_dir, tiny["losses"])
 
 
@@ -165,7 +172,7 @@ def test_warning_signal_saves_the_current_step_and_exits_0(slurm_cluster, tiny, 
 
     job = _finished(slurm_cluster, job_id, out)
     assert job["Restarts"] == "0"
-    (logged,) = _attempts(run_dir)
+    (logged,) = _attempts(out)
     stopped_at = _checkpointed(run_dir)
     assert stopped_at == logged[-1] < TRAIN_ITERS, (stopped_at, logged)
     assert f"saved checkpoint iter_{stopped_at:07d} after SIGUSR1" in out.read_text()
@@ -174,5 +181,5 @@ def test_warning_signal_saves_the_current_step_and_exits_0(slurm_cluster, tiny, 
 
     job_id = _submit(slurm_cluster, tiny, run_dir, out)  # the resubmission resumes it
     _finished(slurm_cluster, job_id, out)
-    assert _attempts(run_dir) == [list(range(1, TRAIN_ITERS + 1))]  # on from stopped_at + 1
+    assert _attempts(out) == [logged, list(range(stopped_at + 1, TRAIN_ITERS + 1))]
     _assert_clean_and_equal(run_dir, tiny["losses"])
