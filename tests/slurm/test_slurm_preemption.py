@@ -157,12 +157,6 @@ def test_requeue_mid_run_resumes_with_the_uninterrupted_losses(slurm_cluster, ti
     _assert_clean_and_equal(run_dir, tiny["losses"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trainer: Slurm signals every process of the step, so SIGUSR1 also kills the spawned "
-    "multiprocessing Manager behind megatron's checkpoint writer (filesystem_async."
-    "_get_write_results_queue), created after --exit-signal-handler installed its handler (an "
-    "exec'd child gets SIG_DFL back), and the save after the signal fails with 'Broken pipe'. "
-    "Fix: create that queue while SIGTERM/SIGUSR1 are SIG_IGN (inherited across exec)"))
 def test_warning_signal_saves_the_current_step_and_exits_0(slurm_cluster, tiny, tmp_path):
     run_dir, out = tmp_path / "run", tmp_path / "job.out"
     job_id = _submit(slurm_cluster, tiny, run_dir, out)
