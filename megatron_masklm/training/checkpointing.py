@@ -115,6 +115,19 @@ def _restore_rng(state: Dict[str, Any]) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+def start_writer_helpers() -> None:
+    """Start megatron's checkpoint-writer helper (the spawned Manager process behind its results
+    queue) now rather than at the first save, so that, started inside
+    :meth:`.signals.ExitSignalHandler.ignored`, it ignores the exit signals a job step's
+    processes all receive. Version-sensitive (megatron-core 0.16.1's filesystem_async); where
+    the helper is missing there is nothing to start."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    start = getattr(filesystem_async, "_get_write_results_queue", None)
+    if start is not None:
+        start()
+
+
 def _write_shards(state: Dict[str, Any], directory: str) -> None:
     """All ranks write their shards (a seam for crash tests)."""
     dist_checkpointing.save(state, directory)

@@ -336,6 +336,9 @@ def train(config: RunConfig) -> List[Dict[str, float]]:
     directory; with --exit-signal-handler SIGTERM/SIGUSR1 save and stop (``signals``)."""
     with holding_run_dir(config.checkpoint.save), \
             ExitSignalHandler(enabled=config.training.exit_signal_handler) as signals:
+        if signals.enabled:  # a helper that must survive a signal sent to every process
+            with signals.ignored():
+                checkpointing.start_writer_helpers()
         return _train(config, signals)
 
 

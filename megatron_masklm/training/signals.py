@@ -7,6 +7,8 @@ whichever of them the signal reached. A second signal during a save raises :clas
 there (the save removes its ``.partial`` directory; the pointer keeps naming the previous
 checkpoint), except once the save commits (:meth:`ExitSignalHandler.committing`).
 Handlers are installed on entering the context and the previous ones restored on leaving it.
+Processes forked from a rank (the checkpoint writers) ignore the signals; helper processes that
+must outlive a save are started inside :meth:`ExitSignalHandler.ignored`.
 """
 import os
 import signal
@@ -64,9 +66,7 @@ class ExitSignalHandler:
         return False
 
     def _handle(self, signum, frame) -> None:
-        if os.getpid() != self._pid:  # a forked checkpoint writer: die as it would without us
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        if os.getpid() != self._pid:  # a forked checkpoint writer: its rank decides
             return
         name = signal_name(signum)
         if self.received is not None and self._abortable:
@@ -79,6 +79,19 @@ class ExitSignalHandler:
                  "and exiting")
         else:
             _say(f"received {name} again: already stopping after the current iteration")
+
+    @contextmanager
+    def ignored(self) -> Iterator[None]:
+        """Inside, the exit signals are ignored, and a helper process started here keeps
+        ignoring them (SIG_IGN survives fork and exec; a handler does not): Slurm's --signal
+        reaches every process of a job step, and only the ranks may act on it. A signal that
+        arrives inside is lost, so keep it short."""
+        previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in self.signals}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     @contextmanager
     def abortable(self) -> Iterator[None]:
