@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "examples" / "slurm_8x8_a100.sbatch"
 TRAIN_ITERS, SAVE_INTERVAL = 12, 3
-JOB_TIMEOUT_S = 300  # a job takes ~30 s on 2 idle cores; several times that when they are busy
+JOB_TIMEOUT_S = 300  # a job took 40-100 s here, its 2 cores shared with other runs (load 6-8)
 # a step of 16 micro-batches takes a few tenths of a second, so a test that acts on the first
 # checkpoint still finds the run in the middle of its 12 iterations
 OPTIONS = dict(tensor_model_parallel_size=2, train_iters=TRAIN_ITERS, global_batch_size=32,
