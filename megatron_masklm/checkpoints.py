@@ -33,7 +33,8 @@ def iteration_dir(run_dir: str, iteration: int) -> str:
     return os.path.join(run_dir, f"iter_{iteration:07d}")
 
 
-def latest_checkpoint(run_dir: Optional[str], *, announce: Optional[str] = "using") -> Optional[str]:
+def latest_checkpoint(run_dir: Optional[str], *,
+                      announce: Optional[str] = "using") -> Optional[str]:
     """The directory the pointer of ``run_dir`` names; without a pointer, its newest complete
     ``iter_*`` (or ``release``) checkpoint, said on stderr as "``announce`` it" (None: silently);
     None when it holds no checkpoint at all. A pointer is written last, so a run killed between
@@ -56,7 +57,8 @@ def latest_checkpoint(run_dir: Optional[str], *, announce: Optional[str] = "usin
 def _is_complete(directory: str) -> bool:
     """A whole checkpoint: the dist checkpoint's metadata, and a training run's own metadata
     (``release`` dirs, converted or pruned, have none)."""
-    own = os.path.basename(directory) == RELEASE or os.path.exists(os.path.join(directory, META_FILE))
+    own = (os.path.basename(directory) == RELEASE
+           or os.path.exists(os.path.join(directory, META_FILE)))
     return own and is_dist_checkpoint(directory)
 
 

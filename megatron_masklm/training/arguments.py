@@ -175,7 +175,8 @@ def _typed_option(name: str, value, tp, where: str):
     elif typing.get_origin(base) is list:
         items = value.split() if isinstance(value, str) else value
         converted = None
-        if isinstance(items, (list, tuple)) and all(isinstance(i, str) or _number(i) for i in items):
+        if isinstance(items, (list, tuple)) and all(isinstance(i, str) or _number(i)
+                                                    for i in items):
             converted = [str(item) for item in items]
         expected = "a list of strings (or one string of words)"
     else:

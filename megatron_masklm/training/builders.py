@@ -49,7 +49,7 @@ def build_model_and_optimizer(config: RunConfig):
     module = Float16Module(tconfig, gpt) if p.bf16 else gpt
     ddp = DistributedDataParallel(tconfig, DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, use_distributed_optimizer=p.use_distributed_optimizer,
-        check_for_nan_in_grad=False), module)  # the loop checks the loss first: one line, not a traceback
+        check_for_nan_in_grad=False), module)  # the loop checks the loss: one line, no traceback
     tconfig.finalize_model_grads_func = finalize_model_grads
     tconfig.no_sync_func = ddp.no_sync
     optimizer = compat.megatron_optimizer(MegatronOptimizerConfig(

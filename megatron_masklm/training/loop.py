@@ -401,8 +401,8 @@ def _save(run: Run, signals: ExitSignalHandler) -> None:
                 scheduler=run.scheduler, run_config=run.config, committing=signals.committing)
     except SaveAborted as aborted:
         previous = _latest_saved(run)
-        aborted.detail = (f"iteration {run.state.iteration} was not saved; " + (
-            f"the latest checkpoint is still {previous}" if previous else "no checkpoint was saved"))
+        still = f"the latest checkpoint is still {previous}" if previous else "none was saved"
+        aborted.detail = f"iteration {run.state.iteration} was not saved; {still}"
         raise
 
 

@@ -56,7 +56,8 @@ class ExitSignalHandler:
     def __enter__(self) -> "ExitSignalHandler":
         if self.enabled:
             self._pid = os.getpid()
-            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.signals}
+            self._previous = {signum: signal.signal(signum, self._handle)
+                              for signum in self.signals}
         return self
 
     def __exit__(self, *exc) -> bool:

@@ -60,7 +60,8 @@ def _one_error_line(err, pattern):
 
 def _losses(run_dir):
     path = os.path.join(run_dir, "logs", "train_log.jsonl")
-    return {r["iteration"]: r["lm_loss"] for r in map(json.loads, open(path)) if r["kind"] == "train"}
+    return {r["iteration"]: r["lm_loss"] for r in map(json.loads, open(path))
+            if r["kind"] == "train"}
 
 
 # --- options and data ----------------------------------------------------------------------
@@ -93,7 +94,8 @@ def test_yaml_values_that_are_fine_still_work():
         temperature=[4, 0.05], hard=False, data_cache_path=None, pattern="2:4"))
     assert config.parallel.tensor_model_parallel_size == 2
     assert isinstance(config.parallel.tensor_model_parallel_size, int)
-    assert (config.optimizer.lr, config.mask.temperature, config.mask.hard) == (5e-4, (4.0, 0.05), False)
+    assert config.optimizer.lr == 5e-4 and config.mask.temperature == (4.0, 0.05)
+    assert config.mask.hard is False
     assert config.parallel.transformer_impl == "local"  # the default: TE only when asked
 
 
@@ -206,7 +208,8 @@ def test_a_second_signal_during_the_exit_save_aborts_it(data, tmp_path, capfd, m
     _one_error_line(err, rf"a second {name} aborted the checkpoint save: iteration 3 was not "
                          rf"saved; the latest checkpoint is still {run_dir}/iter_0000002")
     assert (run_dir / POINTER).read_text() == "2"
-    assert sorted(os.listdir(run_dir)) == sorted(["iter_0000002", "logs", "model_shape.json", POINTER])
+    assert sorted(os.listdir(run_dir)) == sorted(
+        ["iter_0000002", "logs", "model_shape.json", POINTER])
 
 
 # --- NaN / inf -----------------------------------------------------------------------------
@@ -218,7 +221,8 @@ def test_a_huge_lr_stops_at_the_first_non_finite_parameter(data, tmp_path, capfd
     assert code == 1
     _one_error_line(err, rf"non-finite parameters after the optimizer step of iteration \d+; "
                          rf"the last good checkpoint is {run_dir}/iter_0000005 .*lower --lr")
-    assert sorted(os.listdir(run_dir)) == sorted(["iter_0000005", "logs", "model_shape.json", POINTER])
+    assert sorted(os.listdir(run_dir)) == sorted(
+        ["iter_0000005", "logs", "model_shape.json", POINTER])
     assert all(math.isfinite(loss) for loss in _losses(run_dir).values())
 
 
