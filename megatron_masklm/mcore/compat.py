@@ -202,3 +202,20 @@ def sharded_tensor_keys(state) -> set:
 
     return {value.key for value in nested_values(state)
             if isinstance(value, (ShardedTensor, ShardedTensorFactory))}
+
+
+def start_checkpoint_writer_helper() -> None:
+    """Create dist_checkpointing's write-results queue now: its first use spawns a Manager
+    process, which inherits the signal dispositions of the moment (the trainer starts it with
+    the exit signals ignored). 0.16.1 names the getter ``_get_write_results_queue``, 0.19 made it
+    public as ``get_write_results_queue``; a release with neither is an error, not a silently
+    unprotected helper."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    for name in ("get_write_results_queue", "_get_write_results_queue"):
+        getter = getattr(filesystem_async, name, None)
+        if getter is not None:
+            getter()
+            return
+    raise ImportError("megatron.core.dist_checkpointing.strategies.filesystem_async has no "
+                      "write-results queue getter: update mcore/compat.py for this release")

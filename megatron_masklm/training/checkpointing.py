@@ -119,13 +119,8 @@ def start_writer_helpers() -> None:
     """Start megatron's checkpoint-writer helper (the spawned Manager process behind its results
     queue) now rather than at the first save, so that, started inside
     :meth:`.signals.ExitSignalHandler.ignored`, it ignores the exit signals a job step's
-    processes all receive. Version-sensitive (megatron-core 0.16.1's filesystem_async); where
-    the helper is missing there is nothing to start."""
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    start = getattr(filesystem_async, "_get_write_results_queue", None)
-    if start is not None:
-        start()
+    processes all receive."""
+    compat.start_checkpoint_writer_helper()
 
 
 def _write_shards(state: Dict[str, Any], directory: str) -> None:

@@ -319,6 +319,9 @@ def setup_run(config: RunConfig) -> Run:
                                                   scheduler=scheduler, run_config=config,
                                                   trust=config.checkpoint.trust_checkpoint)
         run.checkpoint = resume
+        if dist.get_rank() == 0:
+            print(f"resuming from {resume} (iteration {run.state.iteration}, "
+                  f"{run.state.consumed_train_samples} samples consumed)", flush=True)
     else:
         _initialise_masks(run)
     if run.state.mask_reference is None:  # a fresh run, or resumed at another TP/PP split

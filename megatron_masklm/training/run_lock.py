@@ -4,7 +4,11 @@
 holder: host, pid and the process's start time. A second job that saves to the same directory
 is refused with the holder's name. A lock whose holder is gone (same host, and no process with
 that pid and start time) is stale and taken over, with a warning; on another host the holder
-cannot be checked, so the lock is only ever removed by hand, as the message says.
+cannot be checked, so the lock is only ever removed by hand, as the message says, with one
+exception: a lock written by an earlier run of the same Slurm job (same ``SLURM_JOB_ID``, another
+``SLURM_RESTART_COUNT``) is taken over wherever it was written, since Slurm runs one incarnation
+of a job at a time: a job requeued after a node failure must not be refused by the lock its own
+killed first run left on that node.
 
 ``exit_with_launcher`` starts a thread that ends the process when its parent (torchrun's agent)
 is gone: killing only the launcher otherwise leaves ranks running that keep writing checkpoints.
@@ -23,9 +27,26 @@ import psutil
 LOCK_FILE = "masklm.lock"
 
 
+def _slurm_run() -> Optional[dict]:
+    """This process's Slurm job and restart count (None outside Slurm)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    return {"job": job, "restart": os.environ.get("SLURM_RESTART_COUNT", "0")}
+
+
 def _this_process() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "started": psutil.Process().create_time()}
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": psutil.Process().create_time()}
+    slurm = _slurm_run()
+    return {**me, "slurm": slurm} if slurm else me
+
+
+def _earlier_run_of_this_job(holder: dict) -> bool:
+    """Whether ``holder`` is an earlier incarnation of this Slurm job (so it is gone)."""
+    mine, theirs = _slurm_run(), holder.get("slurm")
+    return bool(mine and isinstance(theirs, dict) and theirs.get("job") == mine["job"]
+                and str(theirs.get("restart")) != mine["restart"])
 
 
 def _alive(holder: dict) -> bool:
@@ -66,6 +87,14 @@ class RunDirLock:
                 holder = self.holder()
                 if holder is None:
                     continue  # released in between
+                if holder and _earlier_run_of_this_job(holder):
+                    print(f"warning: taking over the lock {self.path!r} of pid "
+                          f"{holder.get('pid')} on {holder.get('host')}: an earlier run of this "
+                          f"Slurm job ({holder['slurm']['job']}, restart "
+                          f"{holder['slurm'].get('restart')}), gone since Slurm requeued it",
+                          file=sys.stderr, flush=True)
+                    os.remove(self.path)
+                    continue
                 if holder and not _alive(holder):
                     print(f"warning: removing the stale lock {self.path!r} of pid "
                           f"{holder.get('pid')} on {holder.get('host')} (that process is gone)",

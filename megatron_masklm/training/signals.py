@@ -5,17 +5,24 @@ As Megatron-LM's ``DistributedSignalHandler``: each rank's handler only records 
 training loop all-reduces it (MAX) after every step, so all ranks stop at the same iteration
 whichever of them the signal reached. A second signal during a save raises :class:`SaveAborted`
 there (the save removes its ``.partial`` directory; the pointer keeps naming the previous
-checkpoint), except once the save commits (:meth:`ExitSignalHandler.committing`).
+checkpoint), except once the save commits (:meth:`ExitSignalHandler.committing`). The same
+signal again within ``DUPLICATE_WINDOW_S`` of the first is one request, not a second: under
+Slurm + torchrun every rank gets SIGTERM twice within milliseconds (Slurm signals the whole job
+step, and torchrun forwards the SIGTERM it got), which must not abort the save the first asked
+for.
 Handlers are installed on entering the context and the previous ones restored on leaving it.
 Processes forked from a rank (the checkpoint writers) ignore the signals; helper processes that
 must outlive a save are started inside :meth:`ExitSignalHandler.ignored`.
 """
 import os
 import signal
+import time
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+DUPLICATE_WINDOW_S = 2.0
+"""A repeat of the first signal this soon after it is the same request delivered twice."""
 
 
 class SaveAborted(BaseException):
@@ -49,6 +56,7 @@ class ExitSignalHandler:
         self.signals = tuple(signals)
         self.received: Optional[int] = None
         """The first signal this rank received (None: none yet)."""
+        self._received_at = 0.0
         self._previous = {}
         self._pid = None
         self._abortable = False
@@ -70,12 +78,15 @@ class ExitSignalHandler:
         if os.getpid() != self._pid:  # a forked checkpoint writer: its rank decides
             return
         name = signal_name(signum)
+        if (self.received == signum
+                and time.monotonic() - self._received_at < DUPLICATE_WINDOW_S):
+            return  # the same request delivered twice (Slurm and torchrun; see module)
         if self.received is not None and self._abortable:
             self._abortable = False  # a third signal during the clean-up is only recorded
             _say(f"received a second {name} during the checkpoint save: aborting the save")
             raise SaveAborted(signum)
         if self.received is None:
-            self.received = signum
+            self.received, self._received_at = signum, time.monotonic()
             _say(f"received {name}: finishing the current iteration, then saving a checkpoint "
                  "and exiting")
         else:

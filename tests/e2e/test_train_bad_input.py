@@ -194,6 +194,9 @@ def test_a_second_signal_during_the_exit_save_aborts_it(data, tmp_path, capfd, m
                                                         signum):
     """The first signal arrives during the save of iteration 2 (it completes); iteration 3 is
     then saved because of it, and a second signal during that save aborts it."""
+    from megatron_masklm.training import signals
+
+    monkeypatch.setattr(signals, "DUPLICATE_WINDOW_S", 0.0)  # a tiny step may take under 2 s
     send = lambda: os.kill(os.getpid(), signum)  # noqa: E731
     _on_save_of(monkeypatch, 2, send)
     _on_save_of(monkeypatch, 3, send)
@@ -323,8 +326,9 @@ def test_sigterm_saves_exits_0_and_the_resumed_run_is_bit_identical(data, tmp_pa
     assert "Traceback" not in output and not _leftovers(run_dir)
 
     # the requeued job and an uninterrupted one, in this process (no second start-up)
-    code, _, err = _train(capfd, *cli_flags(options), "--load", run_dir, "--save", run_dir)
+    code, out, err = _train(capfd, *cli_flags(options), "--load", run_dir, "--save", run_dir)
     assert code == 0, err
+    assert f"resuming from {run_dir}/iter_{reached:07d} (iteration {reached}," in out + err
     reference = str(tmp_path / "reference")
     code, _, err = _train(capfd, *cli_flags(options), "--save", reference)
     assert code == 0, err

@@ -72,3 +72,30 @@ def test_release_leaves_a_lock_it_does_not_hold(tmp_path):
     _write_holder(run_dir, host="some-other-node", pid=1, started=0.0)  # taken by hand
     lock.release()
     assert os.path.exists(os.path.join(run_dir, LOCK_FILE))
+
+
+def test_a_requeued_slurm_job_takes_over_its_earlier_runs_lock(tmp_path, monkeypatch, capsys):
+    """A node failure kills the job hard on node A; Slurm requeues it onto node B. The lock the
+    first run left names another host, but the same job id with another restart count."""
+    run_dir = str(tmp_path / "run")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    _write_holder(run_dir, host="node-a", pid=1, started=0.0,
+                  slurm={"job": "4242", "restart": "0"})
+    lock = RunDirLock(run_dir)
+    lock.acquire()
+    assert "an earlier run of this Slurm job (4242, restart 0)" in capsys.readouterr().err
+    holder = lock.holder()
+    assert holder["pid"] == os.getpid() and holder["slurm"] == {"job": "4242", "restart": "1"}
+    lock.release()
+
+
+@pytest.mark.parametrize("slurm", [{"job": "4242", "restart": "1"},  # two steps of one run
+                                   {"job": "777", "restart": "0"}])  # another job
+def test_the_same_run_or_another_job_on_another_host_is_refused(tmp_path, monkeypatch, slurm):
+    run_dir = str(tmp_path / "run")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    _write_holder(run_dir, host="node-a", pid=1, started=0.0, slurm=slurm)
+    with pytest.raises(ValueError, match="pid 1 on host node-a"):
+        RunDirLock(run_dir).acquire()
