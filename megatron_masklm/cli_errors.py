@@ -79,7 +79,7 @@ def run_cli(body: Callable[[], int], *, output: Optional[str] = None) -> int:
         print(f"error: cannot read the checkpoint: {_first_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     except _torch_checkpoint_exception_types() as error:  # a BaseException: not Ctrl-C, though
-        disk = _os_error_inside(error)
+        disk = os_error_inside(error)
         text = (describe_os_error(disk, path=output) if disk is not None
                 else f"the checkpoint reader/writer failed: {_first_line(error)}")
         print(f"error: {text}", file=sys.stderr)
@@ -94,7 +94,7 @@ def _torch_checkpoint_exception_types() -> tuple:
     return (found,) if isinstance(found, type) else ()
 
 
-def _os_error_inside(error: BaseException) -> Optional[OSError]:
+def os_error_inside(error: BaseException) -> Optional[OSError]:
     """The OSError a wrapped failure stems from (its causes, its per-rank ``failures``, or an
     ``[Errno N] text`` in its message, all that survives a writer process), or None."""
     seen, pending = set(), [error]

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ContextManager, Dict, Optional
@@ -26,6 +25,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from ..architecture import ModelShape
+from ..cli_errors import os_error_inside
 from ..checkpoints import META_FILE, MODEL_SHAPE_FILE, POINTER_FILE, iteration_dir
 from ..mcore import compat, safe_load
 from ..mcore.model import load_model_tensors, without_te_extra_state
@@ -157,9 +157,9 @@ def save_checkpoint(run_dir: str, train_state: TrainState, *, model, optimizer, 
         shutil.rmtree(partial, ignore_errors=True)
         # torch's CheckpointException (its writers' errors) is a BaseException, not Ctrl-C
         writer_error = isinstance(error, Exception) or hasattr(error, "failures")
-        disk_error = _disk_error(error, partial) if writer_error else None
-        if disk_error is not None:
-            raise disk_error from error
+        disk = None if isinstance(error, OSError) or not writer_error else os_error_inside(error)
+        if disk is not None:  # name the disk error, not its wrapper
+            raise OSError(disk.errno, disk.strerror, disk.filename or partial) from error
         raise
     return final
 
@@ -215,25 +215,6 @@ def _commit(partial: str, final: str, run_dir: str, iteration: int) -> None:
     _fsync_dir(run_dir)
     _atomic_write(os.path.join(run_dir, POINTER_FILE), str(iteration))
     _fsync_dir(run_dir)
-
-
-def _disk_error(error: Exception, path: str) -> Optional[OSError]:
-    """The OSError behind a failed dist-checkpoint write (torch wraps its writer processes'
-    errors in a CheckpointException whose text alone keeps the errno), or None."""
-    seen, pending = set(), [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, OSError):
-            return None if current is error else current
-        pending += [current.__cause__, current.__context__,
-                    *(getattr(current, "failures", None) or {}).values()]
-        match = re.search(r"\[Errno (\d+)\] ([^'\n]*)", str(current))
-        if match:
-            return OSError(int(match.group(1)), match.group(2).strip(), path)
-    return None
 
 
 def _shape_dict(shape: ModelShape) -> Dict[str, Any]:
