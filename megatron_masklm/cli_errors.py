@@ -132,18 +132,28 @@ def _first_line(error: BaseException) -> str:
 
 def same_or_nested(a: str, b: str) -> bool:
     """Whether paths ``a`` and ``b`` are the same file/directory or one lies inside the other."""
+    return _inside(a, b) or _inside(b, a)
+
+
+def _inside(a: str, b: str) -> bool:
+    """Whether ``a`` is ``b`` or lies inside it (symbolic links resolved)."""
     a, b = os.path.realpath(a), os.path.realpath(b)
-    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
 
 
 def refuse_overlap(*, inputs: dict, outputs: dict) -> None:
-    """Raise ValueError when an output path is an input path or lies inside/around one, before
-    anything is touched (``--overwrite`` or not). ``inputs``/``outputs``: flag -> path."""
+    """Raise ValueError, before anything is touched (``--overwrite`` or not), when writing an
+    output could destroy an input: the output is the input, contains it, or lies inside it and
+    already exists (it would be replaced). A new file or directory inside an input directory (a
+    mask file written into its run directory) is allowed. ``inputs``/``outputs``: flag -> path."""
     for out_flag, out_path in outputs.items():
         if not out_path:
             continue
         for in_flag, in_path in inputs.items():
-            if in_path and same_or_nested(out_path, in_path):
+            if not in_path:
+                continue
+            if _inside(in_path, out_path) or (_inside(out_path, in_path)
+                                               and os.path.lexists(out_path)):
                 raise ValueError(
                     f"{out_flag} {out_path!r} overlaps {in_flag} {in_path!r}: writing it would "
                     f"destroy the input; choose an output path outside {in_path!r}")

@@ -43,3 +43,24 @@ def mcore(tmp_path_factory):
     mcore_package.initialize_distributed(init_method=f"file://{store}", seed=3)
     yield mcore_package
     mcore_package.destroy_distributed()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """tests/slurm's cluster: one private one-node Slurm for the session (``private_slurm``),
+    skipped with the reason where it cannot run (no root, Slurm or munge not installed). Here,
+    not in a tests/slurm/conftest.py: a second module named ``conftest`` would shadow this one
+    for the tiers that import ``from conftest import ...``."""
+    import private_slurm
+
+    why_not = private_slurm.why_not()
+    if why_not:
+        pytest.skip(why_not)
+    try:
+        cluster, procs = private_slurm.start(tmp_path_factory.mktemp("slurm"))
+    except TimeoutError as error:
+        pytest.fail(f"the private Slurm cluster did not start: {error}")
+    try:
+        yield cluster
+    finally:
+        private_slurm.shut_down(cluster, procs)

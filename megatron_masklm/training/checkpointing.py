@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ContextManager, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -130,12 +130,14 @@ def _write_shards(state: Dict[str, Any], directory: str) -> None:
 
 def save_checkpoint(run_dir: str, train_state: TrainState, *, model, optimizer, scheduler,
                     run_config: RunConfig,
-                    committing: Callable[[], ContextManager] = contextlib.nullcontext) -> str:
+                    before_commit: Callable[[], None] = lambda: None) -> str:
     """Save model (weights and logits), optimizer, scheduler, RNG and config; return the dir.
 
     On any failure (a full disk, Ctrl-C, a signal) every rank removes ``iter_N.partial`` and
     re-raises: the pointer keeps naming the previous checkpoint and nothing partial is left.
-    ``committing`` wraps the final renames and the pointer switch (a signal handler's seam)."""
+    ``before_commit`` runs on every rank once all shards are written, before the metadata,
+    renames and pointer switch: the one point where a save may still be abandoned (a second
+    exit signal's seam)."""
     final = iteration_dir(run_dir, train_state.iteration)
     partial = final + ".partial"
     def prepare():
@@ -145,13 +147,13 @@ def save_checkpoint(run_dir: str, train_state: TrainState, *, model, optimizer, 
 
     def finish():
         _write_meta(partial, run_dir, train_state, scheduler=scheduler, run_config=run_config)
-        with committing():
-            _commit(partial, final, run_dir, train_state.iteration)
+        _commit(partial, final, run_dir, train_state.iteration)
 
     try:
         _on_rank_0(prepare)
         _write_partial(partial, train_state, model=model, optimizer=optimizer)
         dist.barrier()
+        before_commit()
         _on_rank_0(finish)
     except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)
@@ -170,7 +172,7 @@ def _on_rank_0(work: Callable[[], None]) -> None:
     if dist.get_rank() == 0:
         try:
             work()
-        except Exception as error:  # pylint: disable=broad-except
+        except BaseException as error:  # Ctrl-C too: the other ranks must not wait for it
             outcome = [error]
     if dist.get_world_size() > 1:
         dist.broadcast_object_list(outcome, src=0)

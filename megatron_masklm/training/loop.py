@@ -4,6 +4,7 @@ Megatron-Core's DDP and (distributed) optimizer, its pipeline schedules, LR sche
 checkpoints; the mask schedules, the per-iteration Gumbel reseeding and the hard-mask
 validation are ours. The same code runs with NCCL on GPUs and with gloo on CPU.
 """
+import contextlib
 import dataclasses
 import functools
 import math
@@ -380,7 +381,7 @@ def _train(config: RunConfig, signals: ExitSignalHandler) -> List[Dict[str, floa
             stop = t.exit_interval is not None and it % t.exit_interval == 0
             if ckpt.save and (it == t.train_iters or stop or signum or
                               (ckpt.save_interval and it % ckpt.save_interval == 0)):
-                _save(run, signals)
+                _save(run, signals, exiting=bool(signum))
             if signum:
                 if dist.get_rank() == 0:
                     print(f"saved checkpoint {os.path.basename(run.checkpoint)} after "
@@ -394,14 +395,23 @@ def _train(config: RunConfig, signals: ExitSignalHandler) -> List[Dict[str, floa
     return history
 
 
-def _save(run: Run, signals: ExitSignalHandler) -> None:
-    """Save a checkpoint; a second exit signal meanwhile aborts it (nothing partial is left)."""
+def _save(run: Run, signals: ExitSignalHandler, *, exiting: bool) -> None:
+    """Save a checkpoint; while ``exiting`` (the save an exit signal asked for) a second signal
+    abandons it, on every rank together, before it commits (nothing partial is left)."""
     ckpt = run.config.checkpoint
+    device = next(run.gpt.parameters()).device
+
+    def agree(signum: int) -> int:
+        flag = torch.tensor(float(signum), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
     try:
-        with signals.abortable():
+        with signals.abortable() if exiting else contextlib.nullcontext():
             run.checkpoint = checkpointing.save_checkpoint(
                 ckpt.save, run.state, model=run.gpt, optimizer=run.optimizer,
-                scheduler=run.scheduler, run_config=run.config, committing=signals.committing)
+                scheduler=run.scheduler, run_config=run.config,
+                before_commit=(lambda: signals.agreed_abort(agree)) if exiting else lambda: None)
     except SaveAborted as aborted:
         previous = _latest_saved(run)
         still = f"the latest checkpoint is still {previous}" if previous else "none was saved"

@@ -43,10 +43,12 @@ def _this_process() -> dict:
 
 
 def _earlier_run_of_this_job(holder: dict) -> bool:
-    """Whether ``holder`` is an earlier incarnation of this Slurm job (so it is gone)."""
+    """Whether ``holder`` is an earlier incarnation of this Slurm job (so it is gone; on this
+    host that is checked too, as a process that outlived its job would still write)."""
     mine, theirs = _slurm_run(), holder.get("slurm")
-    return bool(mine and isinstance(theirs, dict) and theirs.get("job") == mine["job"]
-                and str(theirs.get("restart")) != mine["restart"])
+    earlier = bool(mine and isinstance(theirs, dict) and theirs.get("job") == mine["job"]
+                   and str(theirs.get("restart")) != mine["restart"])
+    return earlier and (holder.get("host") != socket.gethostname() or not _alive(holder))
 
 
 def _alive(holder: dict) -> bool:

@@ -3,13 +3,15 @@ flight, saves a checkpoint and exits 0, so a requeued job resumes from it.
 
 As Megatron-LM's ``DistributedSignalHandler``: each rank's handler only records the signal; the
 training loop all-reduces it (MAX) after every step, so all ranks stop at the same iteration
-whichever of them the signal reached. A second signal during a save raises :class:`SaveAborted`
-there (the save removes its ``.partial`` directory; the pointer keeps naming the previous
-checkpoint), except once the save commits (:meth:`ExitSignalHandler.committing`). The same
-signal again within ``DUPLICATE_WINDOW_S`` of the first is one request, not a second: under
-Slurm + torchrun every rank gets SIGTERM twice within milliseconds (Slurm signals the whole job
-step, and torchrun forwards the SIGTERM it got), which must not abort the save the first asked
-for.
+whichever of them the signal reached. A second signal during that exit save asks to abandon it:
+the handler records it too (it never raises: an exception at an arbitrary point would take one
+rank out of the save's collectives while the others wait in them), and the save checks it, on
+every rank together, once the shards are written and before anything is committed
+(:meth:`ExitSignalHandler.agreed_abort`); then every rank raises :class:`SaveAborted`, the
+``.partial`` directory is removed and the pointer keeps naming the previous checkpoint.
+The same signal again within ``DUPLICATE_WINDOW_S`` of the first is one request, not a second:
+under Slurm + torchrun every rank gets SIGTERM twice within milliseconds (Slurm signals the whole
+job step, and torchrun forwards the SIGTERM it got).
 Handlers are installed on entering the context and the previous ones restored on leaving it.
 Processes forked from a rank (the checkpoint writers) ignore the signals; helper processes that
 must outlive a save are started inside :meth:`ExitSignalHandler.ignored`.
@@ -18,7 +20,7 @@ import os
 import signal
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 DUPLICATE_WINDOW_S = 2.0
@@ -60,6 +62,8 @@ class ExitSignalHandler:
         self._previous = {}
         self._pid = None
         self._abortable = False
+        self.abort = 0
+        """The second signal that asked to abandon the exit save (0: none)."""
 
     def __enter__(self) -> "ExitSignalHandler":
         if self.enabled:
@@ -81,14 +85,14 @@ class ExitSignalHandler:
         if (self.received == signum
                 and time.monotonic() - self._received_at < DUPLICATE_WINDOW_S):
             return  # the same request delivered twice (Slurm and torchrun; see module)
-        if self.received is not None and self._abortable:
-            self._abortable = False  # a third signal during the clean-up is only recorded
-            _say(f"received a second {name} during the checkpoint save: aborting the save")
-            raise SaveAborted(signum)
         if self.received is None:
             self.received, self._received_at = signum, time.monotonic()
             _say(f"received {name}: finishing the current iteration, then saving a checkpoint "
                  "and exiting")
+        elif self._abortable and not self.abort:
+            self.abort = signum
+            _say(f"received a second {name} during the checkpoint save: abandoning it once its "
+                 "shards are written")
         else:
             _say(f"received {name} again: already stopping after the current iteration")
 
@@ -107,16 +111,17 @@ class ExitSignalHandler:
 
     @contextmanager
     def abortable(self) -> Iterator[None]:
-        """A save: inside, a signal after the first one aborts it (:class:`SaveAborted`)."""
+        """The exit save: inside, a signal after the first one asks to abandon it."""
         self._abortable = True
         try:
             yield
         finally:
             self._abortable = False
 
-    @contextmanager
-    def committing(self) -> Iterator[None]:
-        """The save's commit (renames, pointer switch): from here on a second signal does not
-        abort it; the save completes and the run exits as the first signal asked."""
-        self._abortable = False
-        yield
+    def agreed_abort(self, agree: Callable[[int], int]) -> None:
+        """Raise :class:`SaveAborted` on every rank if a second signal reached any of them;
+        ``agree`` maps this rank's signal number (0: none) to the MAX over all ranks, so every
+        rank must call this at the same point of the save."""
+        signum = agree(self.abort or 0)
+        if signum:
+            raise SaveAborted(signum)

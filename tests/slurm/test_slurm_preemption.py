@@ -6,6 +6,7 @@ a run whose per-iteration losses equal an uninterrupted run's, the reference run
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +22,11 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "examples" / "slurm_8x8_a100.sbatch"
-TRAIN_ITERS, SAVE_INTERVAL = 12, 3
+TRAIN_ITERS, SAVE_INTERVAL = 40, 4
 JOB_TIMEOUT_S = 300  # a job took 40-100 s here, its 2 cores shared with other runs (load 6-8)
-# a step of 16 micro-batches takes a few tenths of a second, so a test that acts on the first
-# checkpoint still finds the run in the middle of its 12 iterations
+# a step of 16 micro-batches takes a few tenths of a second: a test that acts on the first
+# checkpoint (iteration 4) leaves the run 36 steps and 9 saves, tens of seconds, against a poll
+# of 0.2 s plus one scontrol call
 OPTIONS = dict(tensor_model_parallel_size=2, train_iters=TRAIN_ITERS, global_batch_size=32,
                log_interval=1, eval_iters=0)
 ENV = {"OMP_NUM_THREADS": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1", "PYTHONWARNINGS": "ignore"}
@@ -99,11 +101,20 @@ def _checkpointed(run_dir: Path) -> int:
         return 0
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _submit(cluster, tiny, run_dir: Path, out: Path) -> int:
     """sbatch the example as a user would on a CPU partition: overrides on the command line."""
     env = {**cluster.env, **ENV, "PATH": f"{Path(sys.executable).parent}:{cluster.env['PATH']}",
            "DATA_PATH": tiny["prefix"], "PRETRAINED_CKPT": str(tiny["dense"]),
-           "RUN_DIR": str(run_dir), "GPUS_PER_NODE": "2", "SAVE_INTERVAL": str(SAVE_INTERVAL)}
+           "RUN_DIR": str(run_dir), "GPUS_PER_NODE": "2", "SAVE_INTERVAL": str(SAVE_INTERVAL),
+           # the script's default port (20000 + job id) repeats in every private cluster,
+           # whose job ids start at 1: another session's run on this host would share it
+           "MASTER_PORT": str(_free_port())}
     return cluster.sbatch("--nodes=1", "--gpus-per-node=0", "--time=20", f"--output={out}",
                           str(SBATCH), str(tiny["config"]), env=env, cwd=str(ROOT))
 

@@ -56,12 +56,20 @@ def test_other_errors_are_not_swallowed():
         run_cli(body)
 
 
-@pytest.mark.parametrize("out", ["in", "in/sub", "."])
-def test_refuse_overlap_same_inside_or_around(tmp_path, monkeypatch, out):
+@pytest.mark.parametrize("out", ["in", "in/sub", "in/file", "."])
+def test_refuse_overlap_same_existing_inside_or_around(tmp_path, monkeypatch, out):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "file").write_text("part of the input")
     with pytest.raises(ValueError, match=r"--save-dir '.*' overlaps --load-dir 'in'"):
         refuse_overlap(inputs={"--load-dir": "in"}, outputs={"--save-dir": out})
+
+
+def test_refuse_overlap_lets_a_new_path_inside_an_input_pass(tmp_path, monkeypatch):
+    """A mask file written into its run directory adds to the input, it destroys nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    refuse_overlap(inputs={"--load-dir": "run"}, outputs={"--output": "run/masks.npz"})
 
 
 def test_refuse_overlap_lets_siblings_and_prefixes_pass(tmp_path):

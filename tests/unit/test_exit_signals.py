@@ -32,34 +32,52 @@ def test_first_signal_is_recorded_and_handlers_restored(clock):
     assert signal.getsignal(signal.SIGUSR1) == before
 
 
+def _agree_alone(signum):  # one rank: the MAX over ranks is its own value
+    return signum
+
+
 def test_a_duplicate_delivery_does_not_abort_the_save(clock):
     with signals.ExitSignalHandler(enabled=True) as handler:
         handler._handle(signal.SIGTERM, None)
         with handler.abortable():
             clock.now += signals.DUPLICATE_WINDOW_S / 2
             handler._handle(signal.SIGTERM, None)  # torchrun's forward of Slurm's SIGTERM
+            assert handler.abort == 0
+            handler.agreed_abort(_agree_alone)  # nothing raised: the save commits
         assert handler.received == signal.SIGTERM
 
 
-def test_a_later_second_signal_aborts_the_save(clock):
+def test_a_later_second_signal_abandons_the_save_at_its_check(clock):
     with signals.ExitSignalHandler(enabled=True) as handler:
         handler._handle(signal.SIGTERM, None)
         with handler.abortable():
             clock.now += signals.DUPLICATE_WINDOW_S + 0.1
+            handler._handle(signal.SIGTERM, None)  # recorded, never raised in the handler
+            assert handler.abort == signal.SIGTERM
             with pytest.raises(signals.SaveAborted, match="a second SIGTERM aborted"):
-                handler._handle(signal.SIGTERM, None)
+                handler.agreed_abort(_agree_alone)
 
 
-def test_another_signal_at_once_still_aborts(clock):
+def test_another_signal_at_once_still_abandons_it(clock):
     with signals.ExitSignalHandler(enabled=True) as handler:
         handler._handle(signal.SIGUSR1, None)
-        with handler.abortable(), pytest.raises(signals.SaveAborted, match="SIGTERM"):
+        with handler.abortable():
             handler._handle(signal.SIGTERM, None)
+            with pytest.raises(signals.SaveAborted, match="SIGTERM"):
+                handler.agreed_abort(_agree_alone)
 
 
-def test_no_abort_once_the_save_commits(clock):
+def test_another_ranks_second_signal_abandons_the_save_here_too(clock):
+    """Only rank 1 got the second signal: the all-reduce brings it to this rank."""
+    with signals.ExitSignalHandler(enabled=True) as handler:
+        handler._handle(signal.SIGTERM, None)
+        with handler.abortable(), pytest.raises(signals.SaveAborted, match="SIGUSR1"):
+            handler.agreed_abort(lambda mine: max(mine, int(signal.SIGUSR1)))
+
+
+def test_outside_the_exit_save_a_second_signal_is_only_recorded(clock):
     with signals.ExitSignalHandler(enabled=True) as handler:
         handler._handle(signal.SIGTERM, None)
         clock.now += 10
-        with handler.abortable(), handler.committing():
-            handler._handle(signal.SIGTERM, None)  # recorded, the commit goes on
+        handler._handle(signal.SIGTERM, None)  # during a step or a periodic save
+        assert handler.abort == 0 and handler.received == signal.SIGTERM

@@ -197,8 +197,11 @@ def test_apply_errors_leave_nothing(ckpt, make, match):
 def test_apply_refuses_to_write_into_the_source(ckpt):
     with pytest.raises(ValueError, match="overlaps --hf-dir .*would destroy the input"):
         apply_masks_to_hf_dir(ckpt["dir"], ckpt["bits"], ckpt["dir"], overwrite=True)
+    os.makedirs(os.path.join(ckpt["dir"], "sub"))  # existing, inside: replacing it is refused
     with pytest.raises(ValueError, match="overlaps --hf-dir .*would destroy the input"):
-        apply_masks_to_hf_dir(ckpt["dir"], ckpt["bits"], os.path.join(ckpt["dir"], "sub"))
+        apply_masks_to_hf_dir(ckpt["dir"], ckpt["bits"], os.path.join(ckpt["dir"], "sub"),
+                              overwrite=True)
+    os.rmdir(os.path.join(ckpt["dir"], "sub"))
     assert len(read_all(ckpt["dir"])) == len(ckpt["tensors"])
 
 

@@ -99,3 +99,14 @@ def test_the_same_run_or_another_job_on_another_host_is_refused(tmp_path, monkey
     _write_holder(run_dir, host="node-a", pid=1, started=0.0, slurm=slurm)
     with pytest.raises(ValueError, match="pid 1 on host node-a"):
         RunDirLock(run_dir).acquire()
+
+
+def test_an_earlier_run_of_this_job_still_alive_on_this_host_is_refused(tmp_path, monkeypatch):
+    run_dir = str(tmp_path / "run")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    me = psutil.Process()
+    _write_holder(run_dir, host=socket.gethostname(), pid=me.pid, started=me.create_time(),
+                  slurm={"job": "4242", "restart": "0"})  # a live process: still writing
+    with pytest.raises(ValueError, match=f"pid {me.pid} on host"):
+        RunDirLock(run_dir).acquire()

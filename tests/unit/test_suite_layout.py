@@ -16,4 +16,4 @@ def test_the_default_run_collects_every_tier():
     tiers = {line.split("/")[1] for line in collected if line.startswith("tests/")}
     on_disk = {path.name for path in (ROOT / "tests").iterdir()
                if path.is_dir() and any(path.glob("test_*.py"))}
-    assert tiers == on_disk == {"unit", "dist", "e2e", "gpu"}
+    assert tiers == on_disk == {"unit", "dist", "e2e", "gpu", "slurm"}
