@@ -31,7 +31,8 @@ setup(
     extras_require={
         "hf": ["transformers", "safetensors", "gguf", "accelerate"],
         "plot": ["matplotlib"],
-        "test": ["pytest>=8", "pytest-timeout", "matplotlib", "transformers"],
+        "test": ["pytest>=8", "pytest-timeout", "matplotlib", "transformers",
+                 "gguf"],  # the truncated-GGUF test writes a GGUF file
     },
     entry_points={"console_scripts": ["megatron-masklm-train = megatron_masklm.train:main"]},
     license="Apache-2.0",

@@ -186,7 +186,7 @@ def test_a_seq_length_beyond_the_models_positions_is_refused(assets, tmp_path, t
 # ----------------------------------------------------------------------------- case 3
 def _write_gguf(path):
     """A 1-layer LLaMA GGUF (f32) that transformers reads."""
-    gguf = pytest.importorskip("gguf")
+    import gguf  # a test dependency (setup.py .[test]): a missing one fails, never skips
     writer = gguf.GGUFWriter(str(path), "llama")
     vocab, hidden, ffn, heads, groups = 64, 32, 48, 4, 2
     writer.add_context_length(32)
