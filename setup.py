@@ -32,7 +32,7 @@ setup(
         "hf": ["transformers", "safetensors", "gguf", "accelerate"],
         "plot": ["matplotlib"],
         "test": ["pytest>=8", "pytest-timeout", "matplotlib", "transformers",
-                 "gguf"],  # the truncated-GGUF test writes a GGUF file
+                 "gguf", "accelerate"],  # the GGUF tests: transformers needs both
     },
     entry_points={"console_scripts": ["megatron-masklm-train = megatron_masklm.train:main"]},
     license="Apache-2.0",
