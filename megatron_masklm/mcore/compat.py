@@ -219,3 +219,12 @@ def start_checkpoint_writer_helper() -> None:
             return
     raise ImportError("megatron.core.dist_checkpointing.strategies.filesystem_async has no "
                       "write-results queue getter: update mcore/compat.py for this release")
+
+
+def common_state_file_required() -> bool:
+    """Whether this megatron-core keeps a dist checkpoint's common state only in ``common.pt``
+    (0.16.1: a checkpoint without it cannot load). 0.19 saves it inside the torch_dist files and
+    reads ``common.pt`` only where an older save left one."""
+    from megatron.core.dist_checkpointing import serialization
+
+    return not hasattr(serialization, "_legacy_common_state_exists")

@@ -81,6 +81,10 @@ def check_common_file(directory: str) -> None:
     path = os.path.join(directory, COMMON_FILE)
     fix = "the save did not finish or the file was damaged; pick another checkpoint or re-create it"
     if not os.path.isfile(path):
+        from . import compat
+
+        if not compat.common_state_file_required():
+            return  # this megatron-core keeps the common state in the shards
         raise CheckpointError(f"checkpoint {directory!r} is incomplete: its {COMMON_FILE} is "
                               f"missing ({fix})")
     try:

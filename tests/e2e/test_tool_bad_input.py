@@ -125,7 +125,8 @@ def _overlap_cases(a, tmp_path):
         "apply_masks": (hf, "apply_masks", "--hf-dir", hf, "--masks", a["masks"],
                         "--output", hf, "--overwrite"),
         "export_masks": (run, "export_masks", "--load-dir", run,
-                         "--output", os.path.join(run, "iter_0000002", "common.pt"), "--overwrite"),
+                         "--output", os.path.join(run, "iter_0000002", "metadata.json"),
+                         "--overwrite"),
         "prune_oneshot": (run, "prune_oneshot", "--load", run, "--method", "magnitude",
                           "--output-mask", os.path.join(run, "model_shape.json"),
                           "--overwrite", "--no-progress"),
@@ -312,6 +313,11 @@ def test_a_missing_or_cut_common_pt_is_named(assets, tmp_path, tool, damage):
     run = _copy(assets["run"], tmp_path, "run")
     checkpoint = os.path.join(run, "iter_0000002")
     common = os.path.join(checkpoint, "common.pt")
+    if not os.path.exists(common):  # megatron-core 0.19 keeps the common state in the shards
+        from megatron_masklm.mcore import compat
+
+        assert not compat.common_state_file_required()
+        pytest.skip("this megatron-core writes no common.pt: the damaged-shard checks cover it")
     if damage == "missing":
         os.remove(common)
         pattern = "is incomplete: its common.pt is missing"
