@@ -130,8 +130,16 @@ def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_partial(data, capfd
     run_dir = disk / "run"
     code, _, err = _train(capfd, *cli_flags(_options(data, train_iters=2)), "--save", run_dir)
     assert code == 1
-    _one_error_line(err, rf"no space left on device \({run_dir}/iter_0000002.partial\): free "
-                         "space there or write to another disk")
+    disk = (rf"no space left on device \({run_dir}/iter_0000002.partial\): free space there or "
+            "write to another disk")
+    from megatron.core import package_info
+    from packaging.version import Version
+
+    if Version(package_info.__version__) >= Version("0.17"):
+        # 0.19's threaded writer loses the OSError (its results queue comes back empty): still
+        # one line, nothing partial, but the disk is not named (the closing note of issue 27)
+        disk = rf"(?:{disk}|the checkpoint reader/writer failed: CheckpointException)"
+    _one_error_line(err, disk)
     assert not _leftovers(run_dir) and not os.path.exists(run_dir / POINTER)
 
 
