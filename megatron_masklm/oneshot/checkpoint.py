@@ -46,7 +46,7 @@ class PruneJob:
     blocksize: int = 128
     update_weights: bool = False
     calib_text: Optional[str] = None
-    calib_data: Optional[str] = None
+    calib_data: Optional[List[str]] = None
     calib_samples: int = 128
     seq_length: int = 512
     micro_batch_size: int = 8
@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "as for magnitude and Wanda)")
     calib = parser.add_argument_group("calibration (Wanda, SparseGPT)")
     calib.add_argument("--calib-text", help="UTF-8 text file, tokenized whole")
-    calib.add_argument("--calib-data", help="indexed dataset prefix (tools/preprocess_data.py)")
+    calib.add_argument("--calib-data", nargs="+", metavar="PREFIX_OR_WEIGHT",
+                       help="indexed dataset prefix (tools/preprocess_data.py), or a blend "
+                            "'w1 prefix1 w2 prefix2 ...' as training's --data-path: each "
+                            "prefix gives its first windows in proportion to its weight")
     calib.add_argument("--calib-samples", type=int, default=128, help="windows to use")
     calib.add_argument("--seq-length", type=int, default=512, help="tokens per window")
     calib.add_argument("--micro-batch-size", type=int, default=8, help="windows per layer pass")
@@ -143,8 +146,9 @@ def _check_outputs(args) -> None:
                "--save": args.save, "--save-hf": args.save_hf}
     inputs = {"--load": args.load, "--hf-checkpoint": args.hf_checkpoint,
               "--calib-text": args.calib_text, "--tokenizer-model": args.tokenizer_model}
-    for ext in (".bin", ".idx") if args.calib_data else ():
-        refuse_overlap(inputs={"--calib-data": args.calib_data + ext}, outputs=outputs)
+    for word in args.calib_data or ():
+        for ext in (".bin", ".idx"):
+            refuse_overlap(inputs={"--calib-data": word + ext}, outputs=outputs)
     refuse_overlap(inputs=inputs, outputs=outputs)
     given = [(flag, path) for flag, path in outputs.items() if path]
     for i, (flag, path) in enumerate(given):
@@ -167,13 +171,13 @@ def _check_outputs(args) -> None:
 
 
 def _calibration(args, tokenizer_dir: Optional[str], vocab_size: int) -> Optional[torch.Tensor]:
-    from ..data.calibration import indexed_windows, text_windows
+    from ..data.calibration import blended_windows, text_windows
     from ..data.tokenizers import checkpoint_tokenizer
 
     if args.method == "magnitude":
         return None
     if args.calib_data:
-        return indexed_windows(args.calib_data, seq_length=args.seq_length,
+        return blended_windows(args.calib_data, seq_length=args.seq_length,
                                num_samples=args.calib_samples)
     tokenizer = checkpoint_tokenizer(args.tokenizer_type, args.tokenizer_model,
                                      saved_dir=tokenizer_dir, vocab_size=vocab_size,
@@ -203,7 +207,7 @@ def _record(args, calibration: Optional[torch.Tensor]) -> Dict[str, Any]:
     return {"method": args.method, "pattern": args.pattern, "percdamp": args.percdamp,
             "blocksize": args.blocksize, "updated_weights": bool(args.update_weights),
             "calibration": None if calibration is None else {
-                "source": args.calib_text or args.calib_data,
+                "source": args.calib_text or " ".join(args.calib_data),
                 "windows": int(calibration.shape[0]), "seq_length": int(calibration.shape[1])}}
 
 

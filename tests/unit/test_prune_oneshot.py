@@ -209,6 +209,43 @@ def test_indexed_calibration_concatenates_documents_in_order(tmp_path):
         indexed_windows(str(tmp_path / "missing"), seq_length=4, num_samples=1)
 
 
+def _indexed(prefix, docs):
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
+    for doc in docs:
+        builder.add_item(torch.tensor(doc))
+        builder.end_document()
+    builder.finalize(prefix + ".idx")
+    return prefix
+
+
+@pytest.mark.parametrize("weights, samples, expected", [
+    ([0.5, 0.25, 0.25], 128, [64, 32, 32]), ([1, 1, 1], 4, [2, 1, 1]), ([1, 2], 3, [1, 2]),
+    ([100, 1], 2, [1, 1]), ([3], 5, [5])])
+def test_blend_counts_split_windows_by_weight(weights, samples, expected):
+    from megatron_masklm.data.calibration import blend_counts
+
+    assert blend_counts(weights, samples) == expected
+
+
+def test_blended_calibration_takes_each_prefix_first_windows_by_weight(tmp_path):
+    from megatron_masklm.data.calibration import blended_windows
+
+    a = _indexed(str(tmp_path / "a"), [list(range(0, 12))])
+    b = _indexed(str(tmp_path / "b"), [list(range(100, 112))])
+    windows = blended_windows(["3", a, "1", b], seq_length=4, num_samples=4)
+    assert windows.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [100, 101, 102, 103]]
+    assert blended_windows([a], seq_length=4, num_samples=2).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(ValueError, match="need weights"):
+        blended_windows([a, b], seq_length=4, num_samples=2)
+    with pytest.raises(ValueError, match="cannot cover a blend of 2"):
+        blended_windows(["1", a, "1", b], seq_length=4, num_samples=1)
+    with pytest.raises(ValueError, match="3 full windows of 4, fewer than the 4"):
+        blended_windows(["1", a, "1", b], seq_length=4, num_samples=8)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--method", "wanda"], "wanda needs calibration data"),
     (["--method", "wanda", "--calib-text", "{calib}", "--calib-data", "x"], "exactly|one of"),
