@@ -47,29 +47,52 @@ def _log_softmax(scores: torch.Tensor, group) -> torch.Tensor:
     return scores
 
 
+CHUNK_ELEMENTS = 1 << 24
+"""Logits per chunk of tokens (16M: 64 MiB per fp32 temporary). The KL is formed a chunk of
+tokens at a time, so its fp32 temporaries (two log-softmaxes and the KL terms) are one chunk's,
+not [tokens x V]'s: with Gemma 3's 262,144-token vocabulary, 2 x 512 tokens' logits are 1 GiB
+per fp32 copy."""
+
+
 class _VocabParallelKL(torch.autograd.Function):
+    """Forward: the per-token KL, a chunk of tokens at a time; it keeps only the gradient's
+    direction p_student - p_teacher (fp32, one [tokens x V] tensor, where a whole-tensor KL
+    kept both log-softmaxes). Backward scales it by each token's incoming gradient and T."""
+
     @staticmethod
-    def forward(ctx, student, teacher, temperature, valid_columns, group):
-        log_student = _log_softmax(student[..., :valid_columns].float() / temperature, group)
-        log_teacher = _log_softmax(teacher[..., :valid_columns].float() / temperature, group)
-        # exp(t) (t - s) summed, one fused elementwise pass
-        kl = F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(-1)
+    def forward(ctx, student, teacher, temperature, valid_columns, group, chunk_elements):
+        shape, local = student.shape, student.shape[-1]
+        flat_student, flat_teacher = student.reshape(-1, local), teacher.reshape(-1, local)
+        tokens = flat_student.shape[0]
+        rows = max(1, chunk_elements // max(local, 1))  # ``local``: equal on every TP rank
+        kl = torch.empty(tokens, dtype=torch.float32, device=student.device)
+        diff = torch.empty(tokens, valid_columns, dtype=torch.float32, device=student.device)
+        for begin in range(0, tokens, rows):  # every rank: the same chunks (same token count)
+            end = min(begin + rows, tokens)
+            log_student = _log_softmax(
+                flat_student[begin:end, :valid_columns].float() / temperature, group)
+            log_teacher = _log_softmax(
+                flat_teacher[begin:end, :valid_columns].float() / temperature, group)
+            # exp(t) (t - s) summed, one fused elementwise pass
+            kl[begin:end] = F.kl_div(log_student, log_teacher, reduction="none",
+                                     log_target=True).sum(-1)
+            torch.sub(log_student.exp_(), log_teacher.exp_(), out=diff[begin:end])
         kl = _all_reduce(kl, dist.ReduceOp.SUM, group) * temperature ** 2
-        ctx.save_for_backward(log_student, log_teacher)
-        ctx.temperature, ctx.local, ctx.dtype = temperature, student.shape[-1], student.dtype
-        return kl
+        ctx.save_for_backward(diff)
+        ctx.temperature, ctx.shape, ctx.dtype = temperature, shape, student.dtype
+        return kl.reshape(shape[:-1])
 
     @staticmethod
     def backward(ctx, grad_kl):
-        log_student, log_teacher = ctx.saved_tensors
-        valid = log_student.shape[-1]
-        diff = log_student.exp().sub_(log_teacher.exp())  # p_student - p_teacher
-        diff.mul_(grad_kl.float().unsqueeze(-1) * ctx.temperature)
-        if valid == ctx.local:
-            return diff.to(ctx.dtype), None, None, None, None
-        grad = diff.new_zeros(*diff.shape[:-1], ctx.local)
-        grad[..., :valid] = diff
-        return grad.to(ctx.dtype), None, None, None, None
+        (diff,) = ctx.saved_tensors
+        scale = grad_kl.float().reshape(-1, 1) * ctx.temperature
+        valid, local = diff.shape[-1], ctx.shape[-1]
+        if valid == local:
+            grad = (diff * scale).to(ctx.dtype)
+        else:
+            grad = diff.new_zeros(diff.shape[0], local, dtype=ctx.dtype)
+            grad[:, :valid] = diff * scale
+        return grad.reshape(ctx.shape), None, None, None, None, None
 
 
 def sequence_major_grad(logits: torch.Tensor) -> torch.Tensor:
@@ -91,14 +114,16 @@ def sequence_major_grad(logits: torch.Tensor) -> torch.Tensor:
 
 def vocab_parallel_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
                       temperature: float = 1.0, vocab_start: int = 0,
-                      vocab_size: Optional[int] = None, group=None) -> torch.Tensor:
+                      vocab_size: Optional[int] = None, group=None,
+                      chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
     """T^2 KL(softmax(teacher / T) || softmax(student / T)) per token, shape ``[...]``.
 
     ``student_logits`` and ``teacher_logits`` are this rank's ``[..., V_local]`` slice of the
     vocabulary, which starts at global column ``vocab_start``; columns at or past
     ``vocab_size`` (the tokenizer's vocabulary; None: no padding) are excluded. ``group`` is
     the tensor-parallel group the vocabulary is split over (None: the default group if one is
-    initialised). The gradient flows to the student only.
+    initialised). The gradient flows to the student only. The KL is formed over chunks of
+    about ``chunk_elements`` logits (whole tokens; the result does not depend on it).
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
@@ -107,5 +132,7 @@ def vocab_parallel_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         raise ValueError(f"distillation temperature must be > 0, got {temperature}")
     local = student_logits.shape[-1]
     valid = local if vocab_size is None else min(max(vocab_size - vocab_start, 0), local)
+    if chunk_elements < 1:
+        raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
     return _VocabParallelKL.apply(student_logits, teacher_logits.detach(), float(temperature),
-                                  valid, group)
+                                  valid, group, int(chunk_elements))

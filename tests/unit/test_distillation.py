@@ -7,13 +7,18 @@ from distill_reference import reference_kl
 from megatron_masklm.training.distillation import sequence_major_grad, vocab_parallel_kl
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.5])
-def test_kl_and_its_gradient_equal_a_float64_reference_with_padding_left_out(temperature):
+@pytest.mark.parametrize("temperature, chunk_elements", [
+    (1.0, 1 << 24), (2.5, 1 << 24), (1.0, 1), (2.5, 3 * 48), (1.0, 4 * 48 + 7)])
+def test_kl_and_its_gradient_equal_a_float64_reference_with_padding_left_out(
+        temperature, chunk_elements):
+    """Whole-vocabulary KL, value and gradient, in one chunk or in chunks of 1, 3 or 4 tokens
+    (10 tokens: the last chunk is short)."""
     torch.manual_seed(0)
     student = (3 * torch.randn(2, 5, 48)).requires_grad_()
     teacher = 3 * torch.randn(2, 5, 48)
     weights = torch.rand(2, 5)  # an upstream gradient that differs per token
-    kl = vocab_parallel_kl(student, teacher, temperature=temperature, vocab_size=40)
+    kl = vocab_parallel_kl(student, teacher, temperature=temperature, vocab_size=40,
+                           chunk_elements=chunk_elements)
     (kl * weights).sum().backward()
 
     ref_student = student.detach().double().requires_grad_()
@@ -44,6 +49,23 @@ def test_bad_arguments_are_refused():
         vocab_parallel_kl(torch.zeros(2, 8), torch.zeros(2, 6))
     with pytest.raises(ValueError, match="temperature must be > 0"):
         vocab_parallel_kl(torch.zeros(2, 8), torch.zeros(2, 8), temperature=0.0)
+    with pytest.raises(ValueError, match="chunk_elements must be >= 1"):
+        vocab_parallel_kl(torch.zeros(2, 8), torch.zeros(2, 8), chunk_elements=0)
+
+
+def test_chunks_change_nothing_in_bf16_and_the_gradient_keeps_the_logits_dtype():
+    torch.manual_seed(1)
+    student = (3 * torch.randn(3, 4, 64)).to(torch.bfloat16)
+    teacher = (3 * torch.randn(3, 4, 64)).to(torch.bfloat16)
+    results = []
+    for chunk in (1 << 24, 64, 5 * 64):
+        leaf = student.clone().requires_grad_()
+        kl = vocab_parallel_kl(leaf, teacher, temperature=1.5, vocab_size=60, chunk_elements=chunk)
+        kl.sum().backward()
+        assert leaf.grad.dtype == torch.bfloat16 and leaf.grad.shape == student.shape
+        results.append((kl.detach(), leaf.grad))
+    for kl, grad in results[1:]:
+        assert torch.equal(kl, results[0][0]) and torch.equal(grad, results[0][1])
 
 
 def test_distill_options_are_checked():
