@@ -11,6 +11,7 @@ from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
 
+from ..cpu import native_bf16, slow_bf16_note
 from ..mcore import (build_masked_gpt_model, build_transformer_config, compat,
                      use_transformer_engine)
 from .config import RunConfig
@@ -31,6 +32,9 @@ def build_model_and_optimizer(config: RunConfig):
         print(f"warning: --transformer-impl {p.transformer_impl} uses Transformer Engine layers, "
               "which this release has not verified on a GPU; --transformer-impl local is the "
               "tested choice", file=sys.stderr, flush=True)
+    if p.bf16 and not torch.cuda.is_available() and native_bf16() is False \
+            and torch.distributed.get_rank() == 0:
+        print(f"warning: --bf16 on CPU: {slow_bf16_note()}", file=sys.stderr, flush=True)
     if p.gradient_accumulation_fusion and not compat.grad_accum_fusion_available():
         raise ValueError("--gradient-accumulation-fusion needs apex's fused_weight_gradient_mlp_cuda "
                          "extension (NGC PyTorch containers ship it; Megatron's output layer uses "
