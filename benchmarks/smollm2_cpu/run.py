@@ -47,6 +47,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "oneshot_smollm2"))
 from benchlib import REPO, benchmark_env, results_table, run_json  # noqa: E402
+import corpora  # noqa: E402
+from megatron_masklm.cpu import native_bf16, slow_bf16_note  # noqa: E402
+from assets import EXPECTED_EVAL_WINDOWS  # noqa: E402
 
 PRESETS = {
     # The recipe of the README's numbers and of the committed mask in full/: the quick preset's
@@ -62,6 +65,17 @@ PRESETS = {
                  measure=True, distill_weight=1.0, distill_temperature=1.0,
                  train_args=("--bf16", "--prior-strength", 10, "--hard-sampling",
                              "--temperature", 4, 4, "--logit-scale", 100, 100)),
+    # The generalisation protocol (BENCHMARK.md's last section, issue 28): the full preset's
+    # recipe on the TRAIN mix (MIX below) for the priors, the one-shot baselines and the mask
+    # training alike, every method evaluated on Wikipedia EVAL and on the out-of-domain sets
+    # (OOD_EVAL); the wiki-only full/ mask is scored beside it on every set.
+    "mix": dict(calib_samples=128, eval_windows=None, methods=("magnitude", "wanda", "sparsegpt"),
+                train_iters=400, micro_batch_size=2, global_batch_size=2, seq_length=512,
+                lr=3e-3, min_lr=3e-4, eval_interval=25, eval_iters=2, save_interval=50,
+                measure=False, distill_weight=1.0, distill_temperature=1.0, mix=True,
+                train_args=("--bf16", "--prior-strength", 10, "--hard-sampling",
+                            "--temperature", 4, 4, "--logit-scale", 100, 100),
+                committed=os.path.join(HERE, "full")),
     # The paper's recipe (soft Gumbel-softmax sampling, alpha 3, LM loss) at this scale, the
     # committed mask in full_soft/ (the headline before the full preset above): 180 steps of
     # 8 x 512 tokens in bf16 (the logits and all mask maths stay fp32); a step took 23.5-26.1 s
@@ -98,6 +112,15 @@ PRESETS = {
                   committed=os.path.join(HERE, "full")),
 }
 PATTERN = "2:4"
+MIX = (("wiki", 0.5), ("django_docs", 0.25), ("shakespeare", 0.25))
+"""The TRAIN mix of the generalisation protocol: (corpus, blend weight). "wiki" is Wikipedia
+TRAIN (oneshot_smollm2/assets.py), the others benchmarks/corpora.py's train corpora; the weights
+set both the calibration windows (64 + 32 + 32 of 128) and mask training's sampling."""
+OOD_EVAL = ("kjv_bible", "jargon_file")
+"""The out-of-domain evaluation sets (benchmarks/corpora.py), scored as Wikipedia EVAL is: the
+text tokenized whole, non-overlapping windows of 512, the first 210 of them (107,310 predicted
+tokens each)."""
+WIKI = "wiki"
 
 
 class Pipeline:
@@ -119,6 +142,8 @@ class Pipeline:
         self.megatron = self.path("megatron")
         self.run_dir = self.path("maskllm")
         self.data = {split: self.path("data", f"{split}_text_document") for split in ("train", "eval")}
+        self.mix = bool(self.settings.get("mix"))
+        self.eval_sets = (WIKI,) + (OOD_EVAL if self.mix else ())
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
@@ -170,13 +195,49 @@ class Pipeline:
 
         return self.cached("convert", convert)
 
+    def tokenize_corpora(self) -> dict:
+        """The protocol's other corpora (benchmarks/corpora.py, sha256-checked): the TRAIN mix's
+        as indexed datasets; name -> text path for all of them."""
+        texts = {name: corpora.fetch_text(corpora.CORPORA[name], self.workdir)
+                 for name in [n for n, _ in MIX if n != WIKI] + list(OOD_EVAL)}
+
+        def tokenize():
+            for name, _ in MIX:
+                if name != WIKI:
+                    self.run(f"tokenize_{name}", self.tool(
+                        "preprocess_data.py", "--input", texts[name], "--output-prefix",
+                        self.path("data", name), "--tokenizer-type", "HuggingFaceTokenizer",
+                        "--tokenizer-model", os.path.join(self.megatron, "tokenizer"),
+                        "--append-eod", "--text-mode", "paragraphs", "--workers", 2,
+                        "--no-progress"))
+            return {"texts": texts}
+
+        self.cached("tokenize_corpora", tokenize)
+        return texts
+
+    def train_data(self) -> list:
+        """--data-path words: Wikipedia TRAIN, or the weighted TRAIN mix."""
+        if not self.mix:
+            return [self.data["train"]]
+        words = []
+        for name, weight in MIX:
+            words += [weight, self.data["train"] if name == WIKI
+                      else self.path("data", f"{name}_text_document")]
+        return words
+
+    def eval_text(self, assets: dict, eval_set: str) -> str:
+        return assets["eval_txt"] if eval_set == WIKI else os.path.join(
+            self.workdir, "corpora", f"{eval_set}.txt")
+
     def oneshot(self, method: str, assets: dict) -> dict:
         out = self.path("oneshot", method)
 
         def prune():
             os.makedirs(out, exist_ok=True)
+            calibration = (["--calib-data", *self.train_data()] if self.mix
+                           else ["--calib-text", assets["train_txt"]])
             args = ["--load", self.megatron, "--method", method, "--pattern", PATTERN,
-                    "--calib-text", assets["train_txt"], "--calib-samples",
+                    *calibration, "--calib-samples",
                     self.settings["calib_samples"], "--seq-length", 512,
                     "--output-mask", os.path.join(out, "prior.npz"),
                     "--hf-masks", os.path.join(out, "hf_masks.npz"), "--overwrite", "--no-progress"]
@@ -203,6 +264,12 @@ class Pipeline:
         run_dir = self.path(variant)
         done = os.path.join(run_dir, f"iter_{s['train_iters']:07d}")
         recipe = list(s.get("train_args", ()))
+        if "--bf16" in recipe and native_bf16() is False:
+            # bf16 matmuls run tens of times slower than fp32 on a CPU without bf16
+            # instructions (megatron_masklm/cpu.py): the same recipe in fp32, said in the log
+            # and recorded in the step's "recipe"
+            recipe.remove("--bf16")
+            print(f"note: training in fp32, not bf16: {slow_bf16_note()}", flush=True)
         if s.get("distill_weight"):
             recipe += ["--distill-weight", s["distill_weight"] if variant == "maskllm" else 0,
                        "--distill-temperature", s.get("distill_temperature", 1.0)]
@@ -214,7 +281,7 @@ class Pipeline:
                     "megatron_masklm.train", "--pretrained-checkpoint", self.megatron,
                     "--prior-mask", self.path("oneshot", "sparsegpt", "prior.npz"),
                     "--pattern", PATTERN, "--tensor-model-parallel-size", self.args.tp,
-                    "--data-path", self.data["train"], "--split", "100,0,0",
+                    "--data-path", *self.train_data(), "--split", "100,0,0",
                     "--valid-data-path", self.data["eval"],
                     "--micro-batch-size", s["micro_batch_size"],
                     "--global-batch-size", s["global_batch_size"], "--seq-length", s["seq_length"],
@@ -240,19 +307,26 @@ class Pipeline:
 
         return self.cached(f"train_{variant}" if variant != "maskllm" else "train", compute)
 
-    def evaluate(self, name: str, *, assets: dict, hf_dir=None, masks=None, load=None) -> dict:
+    def evaluate(self, name: str, *, assets: dict, hf_dir=None, masks=None, load=None,
+                 eval_set: str = WIKI) -> dict:
+        """``name``'s perplexity on ``eval_set`` (Wikipedia EVAL whole, or the first 210
+        windows of an out-of-domain set)."""
+        step = name if eval_set == WIKI else f"{name}@{eval_set}"
+
         def compute():
-            args = ["--text", assets["eval_txt"], "--seq-length", 512, "--no-progress",
-                    "--output", self.path("eval", f"{name}.json")]
+            args = ["--text", self.eval_text(assets, eval_set), "--seq-length", 512,
+                    "--no-progress", "--output", self.path("eval", f"{step}.json")]
             args += ["--hf-dir", hf_dir] if hf_dir else ["--load", load]
             if masks:
                 args += ["--masks", masks]
-            if self.settings["eval_windows"]:
-                args += ["--max-windows", self.settings["eval_windows"]]
-            return self.run(f"eval_{name}", self.tool("eval_ppl.py", *args,
+            windows = self.settings["eval_windows"] or (
+                None if eval_set == WIKI else EXPECTED_EVAL_WINDOWS)
+            if windows:
+                args += ["--max-windows", windows]
+            return self.run(f"eval_{step}", self.tool("eval_ppl.py", *args,
                                                       ranks=1 if hf_dir else self.args.tp))
 
-        return self.cached(f"eval_{name}", compute)
+        return self.cached(f"eval_{step}", compute)
 
 
 RESULT_DIRS = ("steps", "logs", "oneshot", "eval", "maskllm", "lm_only", "megatron", "data")
@@ -375,9 +449,14 @@ def main(argv=None) -> None:
 
     assets = pipe.assets()
     pipe.convert_and_tokenize(assets)
+    if pipe.mix:
+        pipe.tokenize_corpora()
     # The masks first, the evaluations (minutes each on 210 windows) after: the prior is all
     # that training waits for.
     pruned = {method: pipe.oneshot(method, assets) for method in s["methods"]}
+    label = "MaskLLM (learned, frozen weights, SparseGPT prior"
+    label += ", distilled)" if s.get("distill_weight") else ")"
+    learned, measured, plain, specs = None, None, None, []
     if args.stop_after != "oneshot":
         measured = pipe.measure() if s["measure"] and not args.skip_measure else None
         if args.stop_after == "measure":
@@ -388,74 +467,100 @@ def main(argv=None) -> None:
             trained, records = pipe.train(), read_log(pipe.run_dir)
         plain = pipe.train("lm_only") if args.ablate_distill and s.get("distill_weight") else None
         # The learned mask on the dense fp32 HF model, as anyone checks a committed one (the
-        # training checkpoint holds bf16 weights when it trained in bf16); first, as the
-        # number the run is for.
-        learned = pipe.evaluate(learned_eval_name(args.learned) if args.learned else "maskllm",
-                                assets=assets, hf_dir=assets["hf_dir"], masks=trained["masks"])
+        # training checkpoint holds bf16 weights when it trained in bf16); first, on every
+        # evaluation set, as the numbers the run is for.
+        name = learned_eval_name(args.learned) if args.learned else "maskllm"
+        learned = {eval_set: pipe.evaluate(name, assets=assets, hf_dir=assets["hf_dir"],
+                                           masks=trained["masks"], **_on(eval_set))
+                   for eval_set in pipe.eval_sets}
+        specs.append(dict(method=label, name=name, kwargs=dict(hf_dir=assets["hf_dir"],
+                                                                masks=trained["masks"]),
+                          mask=trained["masks"], wall_s=trained["train_seconds"],
+                          tokens=trained["tokens"]))
+        if s.get("committed") and not args.learned:  # the headline mask, on this run's windows
+            committed, _ = learned_artifact(s["committed"])
+            specs.append(dict(method="MaskLLM, the committed full-run mask "
+                                     f"({os.path.basename(s['committed'])}/; not trained by this job)",
+                              name=learned_eval_name(s["committed"]),
+                              kwargs=dict(hf_dir=assets["hf_dir"], masks=committed["masks"]),
+                              mask=committed["masks"], wall_s=committed["train_seconds"],
+                              tokens=committed["tokens"]))
+        if plain:
+            specs.append(dict(method="MaskLLM, LM loss only (same recipe and tokens)",
+                              name="lm_only", kwargs=dict(hf_dir=assets["hf_dir"],
+                                                          masks=plain["masks"]),
+                              mask=plain["masks"], wall_s=plain["train_seconds"],
+                              tokens=plain["tokens"]))
 
-    rows = [{"method": "dense (dequantised Q4_1)", "exact": None,
-             **_ppl(pipe.evaluate("dense", assets=assets, hf_dir=assets["hf_dir"]))}]
+    baselines = [dict(method="dense (dequantised Q4_1)", name="dense",
+                      kwargs=dict(hf_dir=assets["hf_dir"]), exact=None)]
     names = {"magnitude": "magnitude", "wanda": "Wanda",
              "sparsegpt": "SparseGPT mask, original weights (the prior)"}
     for method, result in pruned.items():
         masks = pipe.path("oneshot", method, "hf_masks.npz")
-        rows.append({"method": names[method], "exact": exact_nm(masks),
-                     "wall_s": result["total_seconds"],
-                     **_ppl(pipe.evaluate(method, assets=assets, hf_dir=assets["hf_dir"], masks=masks))})
+        baselines.append(dict(method=names[method], name=method, mask=masks,
+                              kwargs=dict(hf_dir=assets["hf_dir"], masks=masks),
+                              wall_s=result["total_seconds"]))
         if method == "sparsegpt":
-            updated = pipe.evaluate("sparsegpt_updated", assets=assets,
-                                    load=pipe.path("oneshot", "sparsegpt", "updated"))
-            rows.append({"method": "SparseGPT, updated weights", "exact": result["exact_nm"],
-                         "wall_s": result["total_seconds"], **_ppl(updated)})
+            baselines.append(dict(method="SparseGPT, updated weights", name="sparsegpt_updated",
+                                  kwargs=dict(load=pipe.path("oneshot", "sparsegpt", "updated")),
+                                  exact=result["exact_nm"], wall_s=result["total_seconds"]))
+    specs = baselines + specs
+    # The gap's two ends (dense, SparseGPT with its update) on every set before the rest: an
+    # evaluation takes minutes, and an interrupted run resumes where it stopped.
+    ends = ("dense", "sparsegpt_updated")
+    results = {}
+    for spec in sorted(specs, key=lambda spec: spec["name"] not in ends):
+        for eval_set in pipe.eval_sets:
+            results[spec["name"], eval_set] = (
+                learned[eval_set] if learned and spec["method"] == label else
+                pipe.evaluate(spec["name"], assets=assets, **spec["kwargs"], **_on(eval_set)))
+    tables = {}
+    for eval_set in pipe.eval_sets:
+        rows = []
+        for spec in specs:
+            result = results[spec["name"], eval_set]
+            exact = spec.get("exact")
+            if "mask" in spec:
+                exact = result.get("exact_nm") is not False and exact_nm(spec["mask"])
+            rows.append({"method": spec["method"], "exact": exact, "wall_s": spec.get("wall_s"),
+                         "tokens": spec.get("tokens"), **_ppl(result)})
+        tables[eval_set] = rows
+    rows = tables[WIKI]
     if args.stop_after == "oneshot":
-        print(results_table(rows))
+        for eval_set, table in tables.items():
+            print(f"{eval_set}:\n{results_table(table)}")
         return
-    label = "MaskLLM (learned, frozen weights, SparseGPT prior"
-    label += ", distilled)" if s.get("distill_weight") else ")"
-    rows.append({"method": label, "exact": learned["exact_nm"] is not False
-                 and exact_nm(trained["masks"]),
-                 "wall_s": trained["train_seconds"], "tokens": trained["tokens"], **_ppl(learned)})
-    curves = {label: records}
-    if s.get("committed") and not args.learned:  # the headline mask, on this run's windows
-        committed, _ = learned_artifact(s["committed"])
-        result = pipe.evaluate(learned_eval_name(s["committed"]), assets=assets,
-                               hf_dir=assets["hf_dir"], masks=committed["masks"])
-        rows.append({"method": "MaskLLM, the committed full-run mask "
-                               f"({os.path.basename(s['committed'])}/; not trained by this job)",
-                     "exact": result["exact_nm"] is not False and exact_nm(committed["masks"]),
-                     "wall_s": committed["train_seconds"], "tokens": committed["tokens"],
-                     **_ppl(result)})
-    if plain:
-        plain_eval = pipe.evaluate("lm_only", assets=assets, hf_dir=assets["hf_dir"],
-                                   masks=plain["masks"])
-        plain_label = "MaskLLM, LM loss only (same recipe and tokens)"
-        rows.append({"method": plain_label,
-                     "exact": plain_eval["exact_nm"] and exact_nm(plain["masks"]),
-                     "wall_s": plain["train_seconds"], "tokens": plain["tokens"],
-                     **_ppl(plain_eval)})
-        curves[plain_label] = read_log(pipe.path("lm_only"))
 
-    ppl = {row["method"]: row["ppl"] for row in rows}
-    dense, learned_ppl = rows[0]["ppl"], ppl[label]
     settings = dict(s, committed=_shown(s["committed"])) if s.get("committed") else s
+    first = learned[WIKI]
     summary = {"preset": args.preset, "settings": settings, "tp": args.tp, "threads": args.threads,
                "learned_from": os.path.relpath(args.learned, REPO) if args.learned else None,
-               "eval_windows": learned["windows"], "eval_scored_tokens": learned["scored_tokens"],
-               "methods": [{"method": r["method"], "eval_ppl": r["ppl"], "exact_nm": r["exact"],
-                            "wall_s": r.get("wall_s"), "train_tokens": r.get("tokens") or 0}
-                           for r in rows],
+               "eval_windows": first["windows"], "eval_scored_tokens": first["scored_tokens"],
+               "eval_sets": list(pipe.eval_sets),
+               "train_mix": [list(item) for item in MIX] if pipe.mix else None,
+               "methods": [{"method": r["method"], "eval_set": eval_set, "eval_ppl": r["ppl"],
+                            "exact_nm": r["exact"], "wall_s": r.get("wall_s"),
+                            "train_tokens": r.get("tokens") or 0}
+                           for eval_set, table in tables.items() for r in table],
                "rows": rows, "train": {**trained, "masks": _shown(trained["masks"])},
-               "measure": measured,
-               "pipeline_wall_s": round(time.perf_counter() - started, 1)}
-    lines = [results_table(rows), ""]
-    if "SparseGPT, updated weights" in ppl:
-        sgpt = ppl["SparseGPT, updated weights"]
-        summary["gap_closed_vs_sparsegpt"] = (sgpt - learned_ppl) / (sgpt - dense)
-        lines.append(f"SparseGPT-to-dense gap closed by the learned mask: "
-                     f"{100 * summary['gap_closed_vs_sparsegpt']:.1f}% "
-                     f"(SparseGPT {sgpt:.2f}, MaskLLM {learned_ppl:.2f}, dense {dense:.2f})")
-    lines.append(f"EVAL: {learned['windows']} windows x 512 tokens ({learned['scored_tokens']:,} "
-                 f"predicted); mask training: {trained['iterations']} iterations, "
+               "measure": measured}
+    lines = []
+    for eval_set, table in tables.items():
+        if len(tables) > 1:
+            lines.append(f"### {EVAL_SET_NAMES[eval_set]}\n")
+        lines += [results_table(table), ""]
+        gap = gap_closed(table, label)
+        if gap is not None:
+            key = "gap_closed_vs_sparsegpt" + ("" if eval_set == WIKI else f"@{eval_set}")
+            summary[key] = gap
+            ppl = {row["method"]: row["ppl"] for row in table}
+            lines += [f"SparseGPT-to-dense gap closed by the learned mask: {100 * gap:.1f}% "
+                      f"(SparseGPT {ppl['SparseGPT, updated weights']:.2f}, MaskLLM "
+                      f"{ppl[label]:.2f}, dense {table[0]['ppl']:.2f})", ""]
+    summary["pipeline_wall_s"] = round(time.perf_counter() - started, 1)
+    lines.append(f"EVAL: {first['windows']} windows x 512 tokens ({first['scored_tokens']:,} "
+                 f"predicted) per set; mask training: {trained['iterations']} iterations, "
                  f"{trained['tokens']:,} tokens, {trained['train_seconds'] / 3600:.2f} h of steps; "
                  f"compact mask file {trained['mask_bytes'] / 2**20:.1f} MiB")
     if measured:
@@ -471,8 +576,31 @@ def main(argv=None) -> None:
         json.dump(summary, handle, indent=1)
     with open(pipe.path("results.md"), "w") as handle:
         handle.write(text + "\n")
+    curves = {label: records}
+    if plain:
+        curves["MaskLLM, LM loss only (same recipe and tokens)"] = read_log(pipe.path("lm_only"))
     plot(curves, rows, pipe.path("val_ppl.png"), f"SmolLM2-135M, 2:4, {args.preset} preset")
     print(f"wrote {pipe.path('results.md')}, results.json and val_ppl.png")
+
+
+EVAL_SET_NAMES = {WIKI: "Wikipedia EVAL", "kjv_bible": "King James Bible (out of domain)",
+                  "jargon_file": "Jargon File (out of domain)"}
+
+
+def gap_closed(rows, label: str):
+    """The share of the SparseGPT (updated weights)-to-dense gap that ``label``'s row closes, or
+    None when the table lacks either."""
+    ppl = {row["method"]: row["ppl"] for row in rows}
+    if "SparseGPT, updated weights" not in ppl or label not in ppl:
+        return None
+    sparsegpt, dense = ppl["SparseGPT, updated weights"], rows[0]["ppl"]
+    return (sparsegpt - ppl[label]) / (sparsegpt - dense)
+
+
+def _on(eval_set: str) -> dict:
+    """``evaluate``'s keyword for a set: none for Wikipedia EVAL (its cached steps keep their
+    names from before the out-of-domain sets)."""
+    return {} if eval_set == WIKI else {"eval_set": eval_set}
 
 
 def _shown(path: str) -> str:

@@ -168,7 +168,7 @@ def test_main_trains_before_the_slow_evaluations_and_scores_the_exported_mask(
         bench, tmp_path, monkeypatch, learned):
     """The pipeline's order with every step stubbed: the one-shot masks, then training (it waits
     for the prior only), then the evaluations, the learned mask's first and on the dense HF
-    model with its exported mask file (what `tools/eval_ppl.py --hf-dir DENSE --masks FILE`
+    model with its exported mask file, then the gap's ends (dense, SparseGPT updated) (what `tools/eval_ppl.py --hf-dir DENSE --masks FILE`
     checks); the summary names the same run's rows."""
     calls = []
     masks = str(tmp_path / "maskllm_masks.idx.npz")
@@ -207,7 +207,7 @@ def test_main_trains_before_the_slow_evaluations_and_scores_the_exported_mask(
     kinds = [c[0] if c[0] != "eval" else f"eval {c[1]}" for c in calls]
     first = ["eval learned_full_distilled"] if learned else ["train", "eval maskllm"]
     assert kinds == ["assets", "convert", "prune", "prune", *first, "eval dense",
-                     "eval magnitude", "eval sparsegpt", "eval sparsegpt_updated"]
+                     "eval sparsegpt_updated", "eval magnitude", "eval sparsegpt"]
     assert calls[kinds.index(first[-1])][2:] == ("HF", masks, None)
     summary = json.load(open(tmp_path / "results.json"))
     assert [m["eval_ppl"] for m in summary["methods"]] == [14.0, 2000.0, 90.0, 55.0, 30.0]
@@ -257,3 +257,107 @@ def test_committed_full_run_is_the_current_preset_and_beats_sparsegpt_on_all_win
     assert learned["eval_ppl"] < sparsegpt
     assert result["gap_closed_vs_sparsegpt"] == pytest.approx(
         (sparsegpt - learned["eval_ppl"]) / (sparsegpt - dense))
+
+
+def test_the_mix_preset_calibrates_and_trains_on_one_blend_and_scores_every_set(
+        bench, tmp_path, monkeypatch):
+    """The generalisation protocol: SparseGPT's calibration windows and mask training read the
+    same weighted blend (Wikipedia TRAIN + the two train corpora); each out-of-domain set is its
+    corpus text under the EVAL windowing, its first 210 windows, cached apart from Wikipedia's."""
+    pipe = bench.Pipeline(_args(tmp_path, preset="mix"))
+    assert pipe.eval_sets == ("wiki", "kjv_bible", "jargon_file")
+    words = pipe.train_data()
+    assert words[0::2] == [0.5, 0.25, 0.25]
+    assert words[1::2] == [pipe.data["train"], str(tmp_path / "data" / "django_docs_text_document"),
+                           str(tmp_path / "data" / "shakespeare_text_document")]
+    train_corpora = {c.name for c in bench.corpora.CORPORA.values() if c.role == "train"}
+    assert {name for name, _ in bench.MIX} == {"wiki"} | train_corpora
+    assert not set(bench.OOD_EVAL) & train_corpora  # out of domain: not in TRAIN
+    commands = {}
+
+    def fake_run(name, cmd):
+        commands[name] = [str(c) for c in cmd]
+        return {"total_seconds": 1.0, "ppl": 1.0, "windows": 210}
+
+    monkeypatch.setattr(pipe, "run", fake_run)
+    pipe.oneshot("sparsegpt", {"train_txt": "TRAIN"})
+    prune = commands["prune_sparsegpt"]
+    assert "--calib-text" not in prune
+    at = prune.index("--calib-data")
+    assert prune[at + 1:at + 7] == [str(w) for w in words]
+    assets = {"eval_txt": "EVAL"}
+    pipe.evaluate("dense", assets=assets, hf_dir="HF")
+    pipe.evaluate("dense", assets=assets, hf_dir="HF", eval_set="kjv_bible")
+    wiki, kjv = commands["eval_dense"], commands["eval_dense@kjv_bible"]
+    assert wiki[wiki.index("--text") + 1] == "EVAL" and "--max-windows" not in wiki
+    assert kjv[kjv.index("--text") + 1] == str(tmp_path / "corpora" / "kjv_bible.txt")
+    assert kjv[kjv.index("--max-windows") + 1] == "210"
+    assert os.path.isfile(tmp_path / "steps" / "eval_dense@kjv_bible.json")
+
+
+def test_mix_results_have_one_row_per_method_and_set_and_a_gap_per_set(bench, tmp_path,
+                                                                       monkeypatch):
+    calls = []
+    ppl = {"wiki": {"dense": 14.0, "sparsegpt": 90.0, "sparsegpt_updated": 55.0, "maskllm": 30.0,
+                    "learned_full": 25.0},
+           "kjv_bible": {"dense": 20.0, "sparsegpt": 120.0, "sparsegpt_updated": 60.0,
+                         "maskllm": 40.0, "learned_full": 70.0},
+           "jargon_file": {"dense": 30.0, "sparsegpt": 200.0, "sparsegpt_updated": 80.0,
+                           "maskllm": 70.0, "learned_full": 85.0}}
+
+    def evaluate(self, name, *, assets, hf_dir=None, masks=None, load=None, eval_set="wiki"):
+        calls.append((name, eval_set))
+        return {"ppl": ppl[eval_set][name], "windows": 210, "scored_tokens": 107310,
+                "exact_nm": None if name == "dense" else True}
+
+    stubs = {
+        "assets": lambda self: {"hf_dir": "HF", "eval_txt": "EVAL", "train_txt": "TRAIN"},
+        "convert_and_tokenize": lambda self, a: None,
+        "tokenize_corpora": lambda self: calls.append(("tokenize_corpora", None)) or {},
+        "oneshot": lambda self, method, a: {"total_seconds": 1.0, "exact_nm": True},
+        "train": lambda self, variant="maskllm": {
+            "train_seconds": 10.0, "tokens": 4096, "iterations": 1,
+            "masks": str(tmp_path / "m.idx.npz"), "mask_bytes": 1, "recipe": []},
+        "evaluate": evaluate,
+    }
+    for name, stub in stubs.items():
+        monkeypatch.setattr(bench.Pipeline, name, stub)
+    monkeypatch.setattr(bench, "read_log", lambda run_dir: [])
+    monkeypatch.setattr(bench, "exact_nm", lambda path: True)
+    monkeypatch.setattr(bench, "plot", lambda *args, **kwargs: None)
+    bench.main(["--workdir", str(tmp_path), "--preset", "mix", "--methods", "sparsegpt"])
+
+    assert calls[0] == ("tokenize_corpora", None)
+    assert calls[1:4] == [("maskllm", s) for s in ("wiki", "kjv_bible", "jargon_file")]
+    assert calls[4:10] == [(n, s) for n in ("dense", "sparsegpt_updated")
+                           for s in ("wiki", "kjv_bible", "jargon_file")]
+    summary = json.load(open(tmp_path / "results.json"))
+    rows = {(m["method"], m["eval_set"]): m for m in summary["methods"]}
+    assert len(rows) == len(summary["methods"]) == 5 * 3
+    for eval_set, values in ppl.items():
+        assert rows[LEARNED_DISTILLED, eval_set]["eval_ppl"] == values["maskllm"]
+        key = "gap_closed_vs_sparsegpt" + ("" if eval_set == "wiki" else f"@{eval_set}")
+        assert summary[key] == pytest.approx(
+            (values["sparsegpt_updated"] - values["maskllm"])
+            / (values["sparsegpt_updated"] - values["dense"]))
+    assert summary["train_mix"] == [["wiki", 0.5], ["django_docs", 0.25], ["shakespeare", 0.25]]
+    assert "Jargon File" in open(tmp_path / "results.md").read()
+
+
+@pytest.mark.parametrize("native, expect_bf16", [(True, True), (None, True), (False, False)])
+def test_bf16_recipes_train_in_fp32_on_a_cpu_without_bf16_instructions(
+        bench, tmp_path, monkeypatch, native, expect_bf16):
+    pipe = bench.Pipeline(_args(tmp_path))
+    assert "--bf16" in pipe.settings["train_args"]
+    monkeypatch.setattr(bench, "native_bf16", lambda: native)
+    commands = {}
+
+    def fake_run(name, cmd):
+        commands[name] = [str(c) for c in cmd]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipe, "run", fake_run)
+    with pytest.raises(SystemExit):
+        pipe.train()
+    assert ("--bf16" in commands["train_maskllm"]) == expect_bf16
+    assert "--hard-sampling" in commands["train_maskllm"]
