@@ -361,3 +361,26 @@ def test_bf16_recipes_train_in_fp32_on_a_cpu_without_bf16_instructions(
         pipe.train()
     assert ("--bf16" in commands["train_maskllm"]) == expect_bf16
     assert "--hard-sampling" in commands["train_maskllm"]
+
+
+def test_committed_mix_protocol_scores_of_the_full_mask_follow_from_their_rows(bench):
+    """mix_full_mask/results.json backs the out-of-domain numbers in the READMEs: the committed
+    full/ mask (trained on Wikipedia only) under the mix preset's protocol, every row on a known
+    set, 210 windows each, the gap per set recomputed from the rows."""
+    folder = os.path.join(ROOT, "benchmarks", "smollm2_cpu", "mix_full_mask")
+    with open(os.path.join(folder, "results.json")) as handle:
+        result = json.load(handle)
+    assert result["preset"] == "mix" and result["learned_from"] == "benchmarks/smollm2_cpu/full"
+    assert result["eval_sets"] == ["wiki", *bench.OOD_EVAL]
+    assert result["train_mix"] == [list(item) for item in bench.MIX]
+    rows = {(m["method"], m["eval_set"]): m["eval_ppl"] for m in result["methods"]}
+    assert {s for _, s in rows} == set(result["eval_sets"])
+    assert {r["eval_windows"] for r in result["rows"]} == {210}
+    for eval_set in result["eval_sets"]:
+        dense = rows["dense (dequantised Q4_1)", eval_set]
+        sparsegpt = rows["SparseGPT, updated weights", eval_set]
+        key = "gap_closed_vs_sparsegpt" + ("" if eval_set == "wiki" else f"@{eval_set}")
+        assert result[key] == pytest.approx(
+            (sparsegpt - rows[LEARNED_DISTILLED, eval_set]) / (sparsegpt - dense))
+    assert rows[LEARNED_DISTILLED, "wiki"] == pytest.approx(25.48, abs=0.005)  # full/'s number
+    assert bench.exact_nm(os.path.join(folder, "sparsegpt_prior_mix_hf_masks.npz"))
