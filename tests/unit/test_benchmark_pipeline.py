@@ -163,6 +163,16 @@ def test_a_learned_folder_missing_a_file_names_it(bench, tmp_path):
         bench.learned_artifact(str(tmp_path))
 
 
+def _stub_pipeline(bench, monkeypatch, stubs):
+    """``stubs`` (step name -> function) replace the Pipeline's steps; no log, plot or mask
+    file is read or drawn, and every mask counts as exactly 2:4."""
+    for name, stub in stubs.items():
+        monkeypatch.setattr(bench.Pipeline, name, stub)
+    monkeypatch.setattr(bench, "read_log", lambda run_dir: [])
+    monkeypatch.setattr(bench, "exact_nm", lambda path: True)
+    monkeypatch.setattr(bench, "plot", lambda *args, **kwargs: None)
+
+
 @pytest.mark.parametrize("learned", [False, True])
 def test_main_trains_before_the_slow_evaluations_and_scores_the_exported_mask(
         bench, tmp_path, monkeypatch, learned):
@@ -195,11 +205,7 @@ def test_main_trains_before_the_slow_evaluations_and_scores_the_exported_mask(
             "mask_bytes": 1, "recipe": []},
         "evaluate": evaluate,
     }
-    for name, stub in stubs.items():
-        monkeypatch.setattr(bench.Pipeline, name, stub)
-    monkeypatch.setattr(bench, "read_log", lambda run_dir: [])
-    monkeypatch.setattr(bench, "exact_nm", lambda path: True)
-    monkeypatch.setattr(bench, "plot", lambda *args, **kwargs: None)
+    _stub_pipeline(bench, monkeypatch, stubs)
     monkeypatch.setitem(bench.PRESETS, "quick", dict(bench.PRESETS["quick"], committed=None))
     bench.main(["--workdir", str(tmp_path), "--preset", "quick"]
                + (["--learned", folder] if learned else []))
@@ -320,11 +326,7 @@ def test_mix_results_have_one_row_per_method_and_set_and_a_gap_per_set(bench, tm
             "masks": str(tmp_path / "m.idx.npz"), "mask_bytes": 1, "recipe": []},
         "evaluate": evaluate,
     }
-    for name, stub in stubs.items():
-        monkeypatch.setattr(bench.Pipeline, name, stub)
-    monkeypatch.setattr(bench, "read_log", lambda run_dir: [])
-    monkeypatch.setattr(bench, "exact_nm", lambda path: True)
-    monkeypatch.setattr(bench, "plot", lambda *args, **kwargs: None)
+    _stub_pipeline(bench, monkeypatch, stubs)
     bench.main(["--workdir", str(tmp_path), "--preset", "mix", "--methods", "sparsegpt"])
 
     assert calls[0] == ("tokenize_corpora", None)
