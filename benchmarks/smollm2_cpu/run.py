@@ -186,14 +186,19 @@ class Pipeline:
                 self.megatron, "--target-tensor-parallel-size", self.args.tp, "--dtype", "float32",
                 "--overwrite", "--no-progress"))
             for split, text in (("train", assets["train_txt"]), ("eval", assets["eval_txt"])):
-                self.run(f"tokenize_{split}", self.tool(
-                    "preprocess_data.py", "--input", text, "--output-prefix",
-                    self.path("data", split), "--tokenizer-type", "HuggingFaceTokenizer",
-                    "--tokenizer-model", os.path.join(self.megatron, "tokenizer"), "--append-eod",
-                    "--text-mode", "paragraphs", "--workers", 2, "--no-progress"))
+                self.tokenize(split, text)
             return {"convert_wall_s": result["wall_s"]}
 
         return self.cached("convert", convert)
+
+    def tokenize(self, name: str, text: str) -> None:
+        """``text`` as the indexed dataset data/<name>_text_document (``--text-mode
+        paragraphs``, EOD appended), with the converted model's tokenizer."""
+        self.run(f"tokenize_{name}", self.tool(
+            "preprocess_data.py", "--input", text, "--output-prefix", self.path("data", name),
+            "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+            os.path.join(self.megatron, "tokenizer"), "--append-eod", "--text-mode",
+            "paragraphs", "--workers", 2, "--no-progress"))
 
     def tokenize_corpora(self) -> dict:
         """The protocol's other corpora (benchmarks/corpora.py, sha256-checked): the TRAIN mix's
@@ -204,12 +209,7 @@ class Pipeline:
         def tokenize():
             for name, _ in MIX:
                 if name != WIKI:
-                    self.run(f"tokenize_{name}", self.tool(
-                        "preprocess_data.py", "--input", texts[name], "--output-prefix",
-                        self.path("data", name), "--tokenizer-type", "HuggingFaceTokenizer",
-                        "--tokenizer-model", os.path.join(self.megatron, "tokenizer"),
-                        "--append-eod", "--text-mode", "paragraphs", "--workers", 2,
-                        "--no-progress"))
+                    self.tokenize(name, texts[name])
             return {"texts": texts}
 
         self.cached("tokenize_corpora", tokenize)
@@ -515,14 +515,15 @@ def main(argv=None) -> None:
             results[spec["name"], eval_set] = (
                 learned[eval_set] if learned and spec["method"] == label else
                 pipe.evaluate(spec["name"], assets=assets, **spec["kwargs"], **_on(eval_set)))
+    masks_exact = {spec["name"]: exact_nm(spec["mask"]) for spec in specs if "mask" in spec}
     tables = {}
     for eval_set in pipe.eval_sets:
         rows = []
         for spec in specs:
             result = results[spec["name"], eval_set]
             exact = spec.get("exact")
-            if "mask" in spec:
-                exact = result.get("exact_nm") is not False and exact_nm(spec["mask"])
+            if "mask" in spec:  # each mask file is checked once, whatever the number of sets
+                exact = result.get("exact_nm") is not False and masks_exact[spec["name"]]
             rows.append({"method": spec["method"], "exact": exact, "wall_s": spec.get("wall_s"),
                          "tokens": spec.get("tokens"), **_ppl(result)})
         tables[eval_set] = rows
