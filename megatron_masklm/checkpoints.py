@@ -8,7 +8,8 @@ conversion, pruning and evaluation share (Megatron-LM's, so its tools find their
     <dir>/hf_config.json                       the HF config it was converted from (the way back)
     <dir>/tokenizer/                           the tokenizer files
 
-Nothing here imports megatron.core; :func:`load_dense_weights` does, when called.
+Nothing here imports megatron.core (nor any subpackage: a leaf module, usable from every
+layer); reading the weights is ``mcore.safe_load``'s (``load_dense_weights``).
 """
 import json
 import os
@@ -152,12 +153,3 @@ def checkpoint_sources(root: str, directory: str):
     tokenizer = next((os.path.join(h, TOKENIZER_DIR) for h in homes
                       if os.path.isdir(os.path.join(h, TOKENIZER_DIR))), None)
     return ModelShape.from_dict(shape), (meta or {}).get("pattern"), hf_config, tokenizer
-
-
-def load_dense_weights(path: str, *, model, trust: bool = False) -> None:
-    """Load every weight of ``model`` except the mask logits from the dense dist checkpoint at
-    ``path`` (or the one its pointer names); no code from its files runs unless ``trust``."""
-    from .mcore.safe_load import load_model_weights
-
-    load_model_weights(resolve_dense_checkpoint(path), model=model, skip_suffix=LOGITS_SUFFIX,
-                       what="pretrained checkpoint", trust=trust)

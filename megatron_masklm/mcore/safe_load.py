@@ -15,12 +15,14 @@ import zipfile
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
 
+from ..checkpoints import LOGITS_SUFFIX, resolve_dense_checkpoint
 from ..cli_errors import CheckpointError
 from ..safe_pickle import (TRUST_FLAG, UnsafeCheckpointError, check_metadata, trusting_loads,
                            weights_only_loads)
 
 __all__ = ["UnsafeCheckpointError", "check_common_file", "check_tensor_shapes",
-           "check_tensors_present", "load", "load_model_weights", "load_tensors_metadata"]
+           "check_tensors_present", "load", "load_dense_weights", "load_model_weights",
+           "load_tensors_metadata"]
 
 COMMON_FILE = "common.pt"
 """The file of a dist checkpoint that holds its non-tensor (common) state."""
@@ -167,3 +169,10 @@ def load_model_weights(directory: str, *, model, skip_suffix: str, what: str,
     check_tensors_present(state, directory, what=what, trust=trust, logits_suffix=skip_suffix)
     loaded = load(state, directory, trust=trust)  # also returns the common state
     load_model_tensors(model, {key: loaded[key] for key in state}, may_lack=(skip_suffix,))
+
+
+def load_dense_weights(path: str, *, model, trust: bool = False) -> None:
+    """Load every weight of ``model`` except the mask logits from the dense dist checkpoint at
+    ``path`` (or the one its pointer names); no code from its files runs unless ``trust``."""
+    load_model_weights(resolve_dense_checkpoint(path), model=model, skip_suffix=LOGITS_SUFFIX,
+                       what="pretrained checkpoint", trust=trust)

@@ -190,7 +190,6 @@ def _build_and_load(shape, directory: str, *, trust: bool = False):
     """Dense GPTModel at TP = world size, fp32 (pruning maths and the layer passes in fp32),
     loaded strictly from ``directory`` (no code from its files runs unless ``trust``)."""
     from .. import mcore
-    from ..checkpoints import load_dense_weights
     from ..mcore import safe_load
 
     metadata = safe_load.load_tensors_metadata(directory, trust=trust)
@@ -199,7 +198,7 @@ def _build_and_load(shape, directory: str, *, trust: bool = False):
         shape, tensor_model_parallel_size=torch.distributed.get_world_size(),
         params_dtype=torch.float32, use_cpu_initialization=True, perform_initialization=False)
     model = mcore.build_dense_gpt_model(shape, config=config, sdpa_attention=True)
-    load_dense_weights(directory, model=model, trust=trust)
+    safe_load.load_dense_weights(directory, model=model, trust=trust)
     return model, source_dtype
 
 
@@ -253,10 +252,11 @@ def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
     """
     _check_args(args)
     from .. import mcore
-    from ..checkpoints import checkpoint_sources, load_dense_weights, resolve_checkpoint
+    from ..checkpoints import checkpoint_sources, resolve_checkpoint
     from ..convert.megatron_to_hf import to_hf_tensors
     from ..masking import is_exact_nm, parse_nm, save_masks_npz
     from ..mcore.parallel import tensor_parallel_world
+    from ..mcore.safe_load import load_dense_weights
 
     n, m = parse_nm(args.pattern)
     config = PruneConfig(method=args.method, n=n, m=m, percdamp=args.percdamp,

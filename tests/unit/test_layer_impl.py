@@ -133,7 +133,7 @@ def test_masked_checkpoint_loads_into_a_model_with_more_extra_state(mcore, tmp_p
 
 def test_dense_pretrained_checkpoint_loads_into_a_model_with_more_extra_state(
         mcore, tmp_path, te_like_extra_state):
-    from megatron_masklm.checkpoints import load_dense_weights
+    from megatron_masklm.mcore.safe_load import load_dense_weights
 
     shape = mcore.ModelShape(**TINY_LLAMA)
     torch.manual_seed(1)
