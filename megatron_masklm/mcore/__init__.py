@@ -21,13 +21,12 @@ from .model import (
     use_transformer_engine,
     without_te_extra_state,
 )
-from .oneshot import apply_global_masks, prune_model
 from .parallel import (MASK_NOISE_RNG, destroy_distributed, initialize_distributed, seed_mask_noise,
                        set_random_seeds)
 from .spec import apply_masking_to_spec, get_masked_gpt_layer_spec
 
 __all__ = [
-    "MASK_NOISE_RNG", "MaskedColumnParallelLinear", "apply_global_masks", "prune_model", "MaskedLinearMixin",
+    "MASK_NOISE_RNG", "MaskedColumnParallelLinear", "MaskedLinearMixin",
     "MaskedRowParallelLinear", "ModelShape", "apply_mask_state", "apply_mask_training_freeze",
     "apply_masking_to_spec", "masks_off", "apply_prior_masks", "build_masked_gpt_model",
     "build_dense_gpt_model", "build_transformer_config", "check_nm", "destroy_distributed", "enable_cpu_backend",

@@ -251,12 +251,12 @@ def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
     initialised (and torn down) here unless the caller already did.
     """
     _check_args(args)
-    from .. import mcore
     from ..checkpoints import checkpoint_sources, resolve_checkpoint
     from ..convert.megatron_to_hf import to_hf_tensors
     from ..masking import is_exact_nm, parse_nm, save_masks_npz
     from ..mcore.parallel import tensor_parallel_world
     from ..mcore.safe_load import load_dense_weights
+    from .model import apply_global_masks, prune_model
 
     n, m = parse_nm(args.pattern)
     config = PruneConfig(method=args.method, n=n, m=m, percdamp=args.percdamp,
@@ -283,7 +283,7 @@ def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
         with tensor_parallel_world():
             model, source_dtype = _build_and_load(shape, directory, trust=args.trust_checkpoint)
             loaded = time.perf_counter()
-            masks = mcore.prune_model(model, config, calibration, progress=not args.no_progress)
+            masks = prune_model(model, config, calibration, progress=not args.no_progress)
             pruned = time.perf_counter()
             bad = [name for name, mask in masks.items() if not is_exact_nm(mask, n, m)]
             if bad:  # pragma: no cover - the methods guarantee it; a failure here is a bug
@@ -299,7 +299,7 @@ def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
             if (args.save or args.save_hf) and args.method == "sparsegpt" and not args.update_weights:
                 load_dense_weights(directory, model=model,  # the originals, then the masks
                                    trust=args.trust_checkpoint)
-                mcore.apply_global_masks(model, masks)
+                apply_global_masks(model, masks)
             if args.hf_checkpoint:
                 source_dtype = _config_dtype(hf_config) or source_dtype
             if args.save_hf:

@@ -4,7 +4,9 @@ As in the SparseGPT and Wanda papers, layer by layer: the calibration hidden sta
 decoder layer i; a first pass through the layer collects the input statistics of its linears
 (forward pre-hooks); the linears are pruned; a second pass through the *pruned* layer gives the
 inputs of layer i+1. So each layer is calibrated on what the already-pruned layers before it
-produce. The pruning maths is :mod:`megatron_masklm.oneshot`; this module is the Megatron glue.
+produce. The pruning maths on plain tensors is in this package (``pruning``, ``statistics``);
+this module walks the Megatron model (imported by name: ``oneshot/__init__`` imports no
+megatron), on mcore's sharding helpers.
 
 Tensor parallelism changes nothing in the result:
 - column-parallel linears (qkv, fc1) see the whole input on every rank, so their statistics
@@ -28,10 +30,12 @@ from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParall
 from megatron.core.transformer.transformer_layer import TransformerLayer
 from tqdm import tqdm
 
-from ..oneshot import InputStatistics, PruneConfig, magnitude_mask, sparsegpt, wanda_mask
-from . import compat
-from .global_masks import global_name, layer_owners
-from .parallel import gather_global_tensor, shard_global_tensor
+from ..mcore import compat
+from ..mcore.global_masks import global_name, layer_owners
+from ..mcore.parallel import gather_global_tensor, shard_global_tensor
+from .config import PruneConfig
+from .pruning import magnitude_mask, sparsegpt, wanda_mask
+from .statistics import InputStatistics
 
 
 @dataclass
