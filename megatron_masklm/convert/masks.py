@@ -1,5 +1,6 @@
 """Final keep-masks of a Megatron checkpoint, written under HF parameter names; and whole-model
-mask files (either naming, either format) read back under global Megatron names."""
+mask files (either naming, either format) read back under global Megatron names, and onto a
+model's shards (``load_global_masks``: megatron is imported when it runs)."""
 import os
 import re
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -135,6 +136,31 @@ def read_global_masks(path: str, shapes: Dict[str, Shape], *, n: int, m: int,
         assert tuple(mask.shape) == tuple(shapes[name]), (name, mask.shape, shapes[name])
         masks[name] = mask
     return masks
+
+
+def load_global_masks(path: str, model: torch.nn.Module, *, shape: ModelShape,
+                      num_layers: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Read a whole-model mask file; return this rank's shards keyed by local module name.
+
+    The file (npz-bits or compact, under global Megatron or HF names: see
+    :func:`read_global_masks`) must hold exactly the model's masked weights (all layers,
+    unsharded shapes), each exactly the model's N:M. ``shape`` is the run's ModelShape
+    (``RunConfig.model``), which maps HF q/k/v onto Megatron's fused layout (and is checked
+    against the built model).
+    """
+    from ..mcore.global_masks import (all_global_shapes, check_shape_fits, global_layer_names,
+                                      model_pattern, shard_global_mask)
+    from ..mcore.model import masked_linears
+
+    check_shape_fits(shape, model)
+    num_layers = num_layers or model.config.num_layers
+    shapes = all_global_shapes(model, num_layers)
+    names = global_layer_names(model)
+    wanted = [f"{names[name]}.weight" for name in names]
+    n, m = model_pattern(model)
+    masks = read_global_masks(path, shapes, n=n, m=m, shape=shape, only=wanted)
+    layers = dict(masked_linears(model))
+    return {name: shard_global_mask(masks[f"{names[name]}.weight"], layers[name]) for name in names}
 
 
 def _num_layers(shapes: Dict[str, Shape]) -> int:

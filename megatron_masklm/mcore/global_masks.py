@@ -4,10 +4,12 @@ A mask file (a one-shot prior, an exported mask) holds one entry per masked weig
 ``decoder.layers.<global layer>.<path>.weight`` and shaped like the *unsharded* weight, with a
 GLU fc1 laid out as [gate; up] (Megatron's checkpoint layout), or the same masks under HF names
 (``model.layers.<i>.mlp.gate_proj.weight``, mapped by ``megatron_masklm.convert``); either file
-format. These helpers map between that and this rank's shards, at any TP/PP size.
+format. These helpers map between that and this rank's shards, at any TP/PP size; reading such a
+file onto a model is ``megatron_masklm.convert.masks.load_global_masks``, which names the
+files' entries with the HF name map.
 """
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 from megatron.core.transformer.transformer_layer import TransformerLayer
@@ -68,7 +70,7 @@ def global_layer_names(model: torch.nn.Module) -> Dict[str, str]:
     return {name: global_name(name, owners) for name, _ in masked_linears(model)}
 
 
-def _all_global_shapes(model: torch.nn.Module, num_layers: int) -> Dict[str, Tuple[int, ...]]:
+def all_global_shapes(model: torch.nn.Module, num_layers: int) -> Dict[str, Tuple[int, ...]]:
     """Global weight name -> unsharded shape for every masked weight of every layer."""
     shapes = {}
     for name, layer in masked_linears(model):
@@ -81,7 +83,9 @@ def _all_global_shapes(model: torch.nn.Module, num_layers: int) -> Dict[str, Tup
     return shapes
 
 
-def _check_shape_fits(shape: ModelShape, model: torch.nn.Module) -> None:
+def check_shape_fits(shape: ModelShape, model: torch.nn.Module) -> None:
+    """A ValueError unless ``shape`` has the layers, width, heads and query groups ``model``
+    was built with."""
     config, groups = model.config, shape.num_query_groups or shape.num_attention_heads
     given = (shape.num_layers, shape.hidden_size, shape.num_attention_heads, groups)
     built = (config.num_layers, config.hidden_size, config.num_attention_heads,
@@ -91,32 +95,10 @@ def _check_shape_fits(shape: ModelShape, model: torch.nn.Module) -> None:
                          f"one the model was built with {built}")
 
 
-def _pattern(model: torch.nn.Module) -> Tuple[int, int]:
+def model_pattern(model: torch.nn.Module) -> Tuple[int, int]:
+    """(N, M) of the model's masked layers: one pattern for all of them, else a ValueError."""
     patterns = {(layer.mask_config.n, layer.mask_config.m) for _, layer in masked_linears(model)}
     if len(patterns) != 1:
         raise ValueError(f"expected one N:M pattern over the model's masked layers, got "
                          f"{sorted(patterns) or 'no masked layers'}")
     return patterns.pop()
-
-
-def load_global_masks(path: str, model: torch.nn.Module, *, shape: ModelShape,
-                      num_layers: Optional[int] = None) -> Dict[str, torch.Tensor]:
-    """Read a whole-model mask file; return this rank's shards keyed by local module name.
-
-    The file (npz-bits or compact, under global Megatron or HF names: see
-    :func:`megatron_masklm.convert.masks.read_global_masks`) must hold exactly the model's
-    masked weights (all layers, unsharded shapes), each exactly the model's N:M. ``shape`` is
-    the run's ModelShape (``RunConfig.model``), which maps HF q/k/v onto Megatron's fused
-    layout (and is checked against the built model).
-    """
-    from ..convert.masks import read_global_masks  # convert imports mcore: import it late
-
-    _check_shape_fits(shape, model)
-    num_layers = num_layers or model.config.num_layers
-    shapes = _all_global_shapes(model, num_layers)
-    names = global_layer_names(model)
-    wanted = [f"{names[name]}.weight" for name in names]
-    n, m = _pattern(model)
-    masks = read_global_masks(path, shapes, n=n, m=m, shape=shape, only=wanted)
-    layers = dict(masked_linears(model))
-    return {name: shard_global_mask(masks[f"{names[name]}.weight"], layers[name]) for name in names}

@@ -19,7 +19,7 @@ Tensor parallelism changes nothing in the result:
 
 The pruned model keeps its pruned (SparseGPT: updated) weights in memory; what to write is the
 caller's choice. The returned keep-masks are unsharded and keyed by global Megatron names,
-the layout :func:`megatron_masklm.mcore.global_masks.load_global_masks` reads.
+the layout :func:`megatron_masklm.convert.masks.load_global_masks` reads.
 """
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple

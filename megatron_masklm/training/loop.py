@@ -20,10 +20,10 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from ..checkpoints import latest_checkpoint
+from ..convert.masks import load_global_masks
 from ..masking import MaskState, expected_mask, mask_state_at
 from ..mcore import (apply_mask_state, apply_prior_masks, check_nm, masked_linears, masks_off,
                      seed_mask_noise, set_random_seeds)
-from ..mcore.global_masks import load_global_masks
 from ..mcore.safe_load import load_dense_weights
 from . import checkpointing
 from .builders import build_data, build_model_and_optimizer, build_tokenizer_for

@@ -28,7 +28,8 @@ def _prune_and_train_tp2(*, rank, init_method, checkpoint, calib, out, data):
     import torch.distributed as dist
 
     from megatron_masklm.mcore import initialize_distributed, masked_linears
-    from megatron_masklm.mcore.global_masks import global_layer_names, load_global_masks
+    from megatron_masklm.convert.masks import load_global_masks
+    from megatron_masklm.mcore.global_masks import global_layer_names
     from megatron_masklm.oneshot.checkpoint import parse_job, prune_checkpoint
     from megatron_masklm.training.loop import setup_run
 

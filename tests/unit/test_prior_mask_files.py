@@ -82,7 +82,7 @@ def files(tmp_path_factory):
 
 
 def _load(mcore, path, model, **kwargs):
-    from megatron_masklm.mcore.global_masks import load_global_masks
+    from megatron_masklm.convert.masks import load_global_masks
 
     return load_global_masks(path, model, shape=mcore.ModelShape(**SHAPE), **kwargs)
 
@@ -101,7 +101,7 @@ def test_every_form_loads_like_the_megatron_npz(mcore, model, files, form):
 
 
 def test_a_shape_that_is_not_the_models_is_refused(mcore, model, files):
-    from megatron_masklm.mcore.global_masks import load_global_masks
+    from megatron_masklm.convert.masks import load_global_masks
 
     paths, _, _ = files
     with pytest.raises(ValueError, match="not the one the model was built with"):
