@@ -1,7 +1,13 @@
-"""Megatron-Core glue: the only package that imports megatron.core.
+"""Megatron-Core glue: masked parallel linears, the spec transform, the model builder, loading a
+checkpoint's weights with no code from its files run (``safe_load``), whole-model masks <-> this
+rank's shards (``global_masks``), version compatibility and the CPU (gloo) backend.
 
-Masked parallel linears, the spec transform, the model builder, version compatibility and
-the CPU (gloo) backend.
+It imports only ``masking`` and the leaf modules; ``convert``, ``oneshot``, ``evaluation`` and
+``training`` build on it. Importing it imports megatron.core, and it is the one place that
+builds a GPTModel or loads a dist checkpoint; the packages above import megatron.core
+themselves only for what they drive directly (``data``: datasets; ``convert``, ``oneshot``,
+``training``: dist-checkpoint saving and parallel state; ``oneshot.model``: the layer classes
+it prunes; ``training``: DDP and the optimizer).
 """
 from ..architecture import ModelShape
 from .cpu_backend import enable_cpu_backend
