@@ -14,7 +14,7 @@
 #               benchmarks/smollm2_gpu/gpu_assets.py under --assets (default .gpu_assets); they are
 #               too big for one device call, so its docstring says how the two parts travel.
 #               Skipped, with a note, when no part is there (a failure if --only names it).
-# Without network access, carry megatron-core as a wheel in .whl/ (see README, "GPU check").
+# Without network access, carry megatron-core as a wheel in .whl/ (see docs/testing.md, "GPU check").
 # --report DIR copies the logs and result files (no checkpoints or data) to DIR at the end,
 # e.g. the lent machine's $OUT, which is all that comes back from it.
 # Usage: bash tools/gpu_check.sh [--only STEP,...] [--skip STEP,...] [--assets DIR] [--report DIR]

@@ -1,4 +1,4 @@
-"""The README's CPU example, launched as a user would: plain python and torchrun with TP=2."""
+"""The CPU demo of docs/training.md, launched as a user would: plain python and torchrun with TP=2."""
 import os
 import subprocess
 import sys
