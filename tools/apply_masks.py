@@ -35,8 +35,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         refuse_overlap(inputs={"--hf-dir": args.hf_dir, "--masks": args.masks},
                        outputs={"--output": args.output})
         from megatron_masklm.hf import apply_masks_to_hf_dir
+        from megatron_masklm.masking import parse_nm
 
-        names = apply_masks_to_hf_dir(args.hf_dir, args.masks, args.output, pattern=args.pattern,
+        nm = parse_nm(args.pattern) if args.pattern is not None else None
+        names = apply_masks_to_hf_dir(args.hf_dir, args.masks, args.output, nm=nm,
                                       allow_missing=args.allow_missing, overwrite=args.overwrite)
         print(f"wrote {args.output}: {len(names)} masked weights")
         return 0

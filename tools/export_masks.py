@@ -4,7 +4,8 @@ Hugging Face parameter names.
     python tools/export_masks.py --load-dir RUN_DIR --output masks.npz [--format npz|compact]
 
 npz: SPEC section 5's released format (<hf name>.mask = np.packbits of the keep-mask);
-compact: one candidate index per group, ceil(log2 C(M,N)) bits (megatron_masklm/masking/compact.py).
+compact: one candidate index per group, ceil(log2 C(M,N)) bits
+(megatron_masklm/masking/files/compact.py).
 """
 import argparse
 import sys

@@ -7,14 +7,13 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from ..masking import group_counts, is_exact_nm, parse_nm, save_masks_npz
-from ..masking.compact import PackedMasks, read_packed_masks, save_masks_compact
+from ..masking import group_counts, is_exact_nm, parse_nm
+from ..masking.files import FORMATS, PackedMasks, read_packed_masks, save_masks
 from ..architecture import HF_FAMILIES, ModelShape
 from ..fileio import check_writable
 from .megatron_to_hf import load_megatron_checkpoint
 from .name_map import ParamMap, masked_hf_names, param_maps
 
-FORMATS = ("npz", "compact")
 Shape = Tuple[int, ...]
 MEGATRON_NAMES, HF_NAMES = "megatron", "hf"
 _MEGATRON_KEY = re.compile(r"^(decoder|embedding|output_layer)\.")
@@ -28,7 +27,7 @@ def export_masks(checkpoint: str, path: str, *, fmt: str = "npz", overwrite: boo
     """Write the argmax masks of ``checkpoint`` (read at TP=1 from any TP/PP) to ``path``.
 
     ``npz``: the released per-parameter packed-bit format (SPEC section 5); ``compact``: one
-    candidate index per group (megatron_masklm.masking.compact). Returns the masks. An existing
+    candidate index per group (``megatron_masklm.masking.files``). Returns the masks. An existing
     ``path`` is replaced only with ``overwrite``; ``trust``: see ``load_megatron_checkpoint``.
     """
     if fmt not in FORMATS:
@@ -44,11 +43,7 @@ def export_masks(checkpoint: str, path: str, *, fmt: str = "npz", overwrite: boo
     loaded = load_megatron_checkpoint(checkpoint, trust=trust)
     if not loaded.masks:
         raise ValueError(f"{checkpoint!r} has no mask logits: it is a dense checkpoint")
-    if fmt == "npz":
-        save_masks_npz(path, loaded.masks)
-    else:
-        n, m = parse_nm(loaded.pattern)
-        save_masks_compact(path, loaded.masks, n=n, m=m)
+    save_masks(path, loaded.masks, fmt=fmt, nm=parse_nm(loaded.pattern))
     return loaded.masks
 
 
@@ -107,7 +102,7 @@ def read_global_masks(path: str, shapes: Dict[str, Shape], *, n: int, m: int,
                       only: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
     """A whole-model mask file as bool keep-masks under global Megatron names.
 
-    ``path``: either format (npz-bits or compact, :func:`read_packed_masks`), under global
+    ``path``: either format (npz-bits or compact, read by ``masking.files``), under global
     Megatron names (``tools/prune_oneshot.py --output-mask``) or HF names
     (``tools/export_masks.py``, ``prune_oneshot.py --hf-masks``), told from its keys. HF masks
     are fused into Megatron's layout (q/k/v per query group, fc1 as [gate; up]) with the

@@ -28,11 +28,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from ..masking.candidates import parse_nm
 from ..safe_pickle import TRUST_HELP
 
 
@@ -121,10 +122,11 @@ def score(logits_fn, ids: np.ndarray, windows: Sequence[Window], *, batch_size: 
 
 
 # ----------------------------------------------------------------------------- models
-def hf_logits_fn(hf_dir: str, *, masks: Optional[str] = None, pattern: Optional[str] = None,
-                 dtype: torch.dtype = torch.float32):
+def hf_logits_fn(hf_dir: str, *, masks: Optional[str] = None,
+                 nm: Optional[Tuple[int, int]] = None, dtype: torch.dtype = torch.float32):
     """``(logits_fn, tokenizer_dir, info)`` of a HF causal LM directory, with ``masks`` (a mask
-    file under HF names, either format) applied to its weights when given."""
+    file under HF names, either format) applied to its weights when given, strictly: a mask for
+    every linear MaskLLM masks, each exactly ``nm`` (default: the file's N:M, else 2:4)."""
     from transformers import AutoModelForCausalLM
 
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
@@ -136,7 +138,9 @@ def hf_logits_fn(hf_dir: str, *, masks: Optional[str] = None, pattern: Optional[
     _check_loaded(hf_dir, loading)
     model.eval()
     if masks:
-        _apply_hf_masks(model, masks, pattern)
+        from ..masking.files import apply_masks_to_hf_model
+
+        apply_masks_to_hf_model(model, masks, nm)
     device = next(model.parameters()).device
     return ((lambda tokens: model(input_ids=tokens.to(device), use_cache=False).logits), hf_dir,
             {"vocab_size": model.config.vocab_size,
@@ -155,33 +159,6 @@ def _check_loaded(hf_dir: str, loading: Dict[str, Any]) -> None:
         raise ValueError(f"the weights in --hf-dir {hf_dir!r} {detail}: the checkpoint is "
                          "incomplete or does not match its config.json (transformers would "
                          "initialise them at random); re-export or re-download it")
-
-
-def _apply_hf_masks(model, masks_path: str, pattern: Optional[str] = None) -> None:
-    """Multiply every masked weight by its mask, strictly: each mask must name a parameter of
-    the model and every linear MaskLLM masks must have one, exactly N:M (``pattern``, else the
-    file's, else 2:4)."""
-    from ..hf.masks import _resolve_pattern, check_param, is_masked_weight
-    from ..masking.compact import read_packed_masks
-
-    masks = read_packed_masks(masks_path)
-    nm = _resolve_pattern(pattern, masks.nm)
-    params = dict(model.named_parameters())
-    if model.config.tie_word_embeddings:
-        params.pop("lm_head.weight", None)
-    unknown = sorted(set(masks.packed) - set(params))
-    missing = sorted(n for n in params if is_masked_weight(n) and n not in masks.packed)
-    if unknown or missing:
-        raise ValueError(f"mask file {masks_path!r} does not match the model: masks for unknown "
-                         f"parameters {unknown[:3]}, no mask for {missing[:3]}")
-    with torch.no_grad():
-        for name in masks.packed:
-            weight = params[name]
-            keep = masks.unpack(name, tuple(weight.shape))
-            check = check_param(name, keep, *nm)
-            if check.over or check.under:
-                raise ValueError(f"mask {name!r} in {masks_path!r} is not exactly {nm[0]}:{nm[1]}")
-            weight.masked_fill_(~keep.to(weight.device), 0)
 
 
 def megatron_logits_fn(path: str, *, dtype: Optional[torch.dtype] = None, trust: bool = False):
@@ -335,6 +312,7 @@ def evaluate(args: EvalJob) -> Dict[str, Any]:
     from ..data.calibration import indexed_token_ids, text_token_ids
 
     _check_args(args)
+    nm = parse_nm(args.pattern) if args.masks and args.pattern is not None else None
     dtype = getattr(torch, args.dtype) if args.dtype else None
     started = time.perf_counter()
     if args.load:
@@ -349,7 +327,7 @@ def evaluate(args: EvalJob) -> Dict[str, Any]:
                                                                  trust=args.trust_checkpoint)
         else:
             logits_fn, tokenizer_dir, info = hf_logits_fn(
-                args.hf_dir, masks=args.masks, pattern=args.pattern, dtype=dtype or torch.float32)
+                args.hf_dir, masks=args.masks, nm=nm, dtype=dtype or torch.float32)
         tokenizer = _tokenizer(args, tokenizer_dir, info["vocab_size"])
         if args.bos and getattr(tokenizer, "bos", None) is None:
             raise ValueError("--bos: the tokenizer has no BOS token")

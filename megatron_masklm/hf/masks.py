@@ -1,11 +1,11 @@
 """Apply N:M masks to a Hugging Face safetensors checkpoint, and verify the N:M pattern.
 
 Everything streams tensor by tensor (``safetensors.safe_open``): verifying holds one tensor at a
-time, applying holds one shard. Mask files are either format of :mod:`megatron_masklm.masking`
-("npz-bits" or "compact"), keyed by HF parameter names.
+time, applying holds one shard. Mask files are either format of
+:mod:`megatron_masklm.masking.files` ("npz-bits" or "compact"), keyed by HF parameter names;
+reading them and applying them to the tensors is that module's.
 """
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -17,19 +17,15 @@ from safetensors import safe_open
 from ..cli_errors import refuse_overlap
 from ..fileio import atomic_output_dir, check_output_dir, save_safetensors
 from ..masking.candidates import parse_nm
-from ..masking.compact import PackedMasks, read_packed_masks
+from ..masking.files import (MASKED_WEIGHT_RE, PackedMasks, apply_masks_to_state_dict,
+                             is_masked_weight, match_masks, read_packed_masks, resolve_pattern)
 from ..masking.nm import group_counts
 
-MASKED_WEIGHT_RE = re.compile(
-    r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight")
-"""HF LLaMA linears that MaskLLM masks (never embeddings, norms or the head)."""
+__all__ = ["MASKED_WEIGHT_RE", "NMReport", "ParamCheck", "apply_masks_to_hf_dir",
+           "check_param", "is_masked_weight", "iter_safetensors", "safetensors_files",
+           "tensor_shapes", "verify_nm_path"]
 _SAFETENSORS_ERRORS = (OSError, getattr(safetensors, "SafetensorError", OSError))
 Shape = Tuple[int, ...]
-
-
-def is_masked_weight(name: str) -> bool:
-    """True for the LLaMA attention / MLP linear weights a mask applies to."""
-    return MASKED_WEIGHT_RE.fullmatch(name) is not None
 
 
 def safetensors_files(path: str) -> List[str]:
@@ -75,16 +71,6 @@ def tensor_shapes(path: str) -> Dict[str, Shape]:
     """Every tensor's shape, read from the safetensors headers only."""
     return {name: tuple(handle.get_slice(name).get_shape())
             for name, handle in _tensor_handles(path)}
-
-
-def _resolve_pattern(pattern: Optional[str], file_nm: Optional[Tuple[int, int]]) -> Tuple[int, int]:
-    if pattern is None:
-        return file_nm or (2, 4)
-    n, m = parse_nm(pattern)
-    if file_nm is not None and (n, m) != tuple(file_nm):
-        raise ValueError(f"--pattern {pattern} disagrees with the mask file, which is "
-                         f"{file_nm[0]}:{file_nm[1]}: drop --pattern or use the right file")
-    return n, m
 
 
 # ----------------------------------------------------------------------------- verification
@@ -165,13 +151,14 @@ def verify_nm_path(path: str, *, pattern: Optional[str] = None,
                    shapes_from: Optional[str] = None, allow_missing: bool = False) -> NMReport:
     """Check a HF checkpoint (dir or .safetensors) or a mask file (either format) for N:M; a
     mask file checked against a checkpoint (``shapes_from``) must also cover every masked weight
-    of it, unless ``allow_missing``."""
+    of it, unless ``allow_missing``. ``pattern``: "N:M" (tools/verify_nm.py's --pattern),
+    default a compact file's own, else 2:4."""
+    nm = parse_nm(pattern) if pattern is not None else None
     if not os.path.exists(path):
         raise ValueError(f"{path!r} does not exist")
     if os.path.isdir(path) or path.endswith(".safetensors"):
-        return _verify_weights(path, _resolve_pattern(pattern, None))
-    return _verify_mask_file(path, pattern=pattern, shapes_from=shapes_from,
-                             allow_missing=allow_missing)
+        return _verify_weights(path, resolve_pattern(nm, None))
+    return _verify_mask_file(path, nm=nm, shapes_from=shapes_from, allow_missing=allow_missing)
 
 
 def _verify_weights(path: str, nm: Tuple[int, int]) -> NMReport:
@@ -184,12 +171,12 @@ def _verify_weights(path: str, nm: Tuple[int, int]) -> NMReport:
     return report
 
 
-def _verify_mask_file(path: str, *, pattern: Optional[str], shapes_from: Optional[str],
+def _verify_mask_file(path: str, *, nm: Optional[Tuple[int, int]], shapes_from: Optional[str],
                       allow_missing: bool = False) -> NMReport:
     masks = read_packed_masks(path)
     if not masks.packed:
         raise ValueError(f"mask file {path!r} holds no masks")
-    nm = _resolve_pattern(pattern, masks.nm)
+    nm = resolve_pattern(nm, masks.nm)
     report = NMReport(path, masks.format, *nm)
     shapes = tensor_shapes(shapes_from) if shapes_from else dict(masks.shapes)
     missing = sorted(n for n in shapes if shapes_from and is_masked_weight(n)
@@ -212,17 +199,18 @@ def _verify_mask_file(path: str, *, pattern: Optional[str], shapes_from: Optiona
 
 # ----------------------------------------------------------------------------- applying
 def apply_masks_to_hf_dir(hf_dir: str, masks_path: str, output: str, *,
-                          pattern: Optional[str] = None, allow_missing: bool = False,
+                          nm: Optional[Tuple[int, int]] = None, allow_missing: bool = False,
                           overwrite: bool = False) -> List[str]:
-    """Write ``output``: a copy of ``hf_dir`` whose masked weights are weight * mask.
+    """Write ``output``: a copy of ``hf_dir`` whose masked weights are weight * mask, each mask
+    exactly ``nm`` (default: a compact file's own N:M, else 2:4).
 
     Returns the masked parameter names. Nothing is left at ``output`` (or beside it) on error.
     """
     _check_output(hf_dir, output, overwrite=overwrite)
     shapes = tensor_shapes(hf_dir)
     masks = read_packed_masks(masks_path)
-    nm = _resolve_pattern(pattern, masks.nm)
-    _match_masks(masks, shapes, allow_missing=allow_missing)
+    nm = resolve_pattern(nm, masks.nm)
+    match_masks(masks, shapes, allow_missing=allow_missing, allow_missing_flag="--allow-missing")
     with atomic_output_dir(output, overwrite=True) as tmp:  # _check_output refused the rest
         _copy_other_files(hf_dir, tmp)
         for file in safetensors_files(hf_dir):
@@ -241,19 +229,6 @@ def _check_output(hf_dir: str, output: str, *, overwrite: bool) -> None:
     check_output_dir(output, overwrite=True)  # a file in its place, a read-only directory
 
 
-def _match_masks(masks: PackedMasks, shapes: Dict[str, Shape], *, allow_missing: bool) -> None:
-    unknown = sorted(set(masks.packed) - set(shapes))
-    if unknown:
-        raise ValueError(f"mask file {masks.path!r} has masks for {unknown[:5]} ({len(unknown)} "
-                         f"in all) that are not parameters of the checkpoint")
-    missing = sorted(name for name in shapes if is_masked_weight(name) and name not in masks.packed)
-    if missing and not allow_missing:
-        raise ValueError(f"checkpoint weights {missing[:5]} ({len(missing)} in all) have no mask "
-                         f"in {masks.path!r}: pass --allow-missing to leave them dense")
-    for name in masks.packed:
-        masks.check_shape(name, shapes[name])
-
-
 def _copy_other_files(hf_dir: str, target: str) -> None:
     for entry in sorted(os.listdir(hf_dir)):
         source = os.path.join(hf_dir, entry)
@@ -266,19 +241,7 @@ def _copy_other_files(hf_dir: str, target: str) -> None:
 
 
 def _write_masked_shard(source: str, target: str, masks: PackedMasks, nm: Tuple[int, int]) -> None:
-    tensors = {}
     with safe_open(source, framework="pt") as handle:
         metadata = handle.metadata()
-        for name in handle.keys():
-            tensor = handle.get_tensor(name)
-            if name in masks.packed:
-                keep = masks.unpack(name, tuple(tensor.shape))
-                check = check_param(name, keep, *nm)
-                if check.over or check.under:
-                    raise ValueError(f"mask {name!r} in {masks.path!r} is not exactly "
-                                     f"{nm[0]}:{nm[1]}: {check.over + check.under} of "
-                                     f"{check.groups} groups keep a different count")
-                tensor = tensor.masked_fill(~keep, 0)
-            tensors[name] = tensor
-    save_safetensors(target, tensors, metadata=metadata)
-
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    save_safetensors(target, apply_masks_to_state_dict(tensors, masks, nm), metadata=metadata)

@@ -1,9 +1,10 @@
-"""Pure-PyTorch MaskLLM maths: no megatron import, runs anywhere.
+"""Pure-PyTorch MaskLLM maths and mask files (``files``): no megatron import, runs anywhere.
 
 Shape legend: R rows, I inputs, G = I/M groups, M group size, C = C(M, N) candidates.
 """
 from .candidates import MAX_M, nm_candidates, num_candidates, parse_nm, validate_nm
-from .compact import (
+from .config import MaskConfig
+from .files import (
     COMPACT_FORMAT,
     PackedMasks,
     detect_mask_format,
@@ -11,15 +12,17 @@ from .compact import (
     indices_to_mask,
     load_masks_any,
     load_masks_compact,
+    load_masks_npz,
     mask_to_indices,
     pack_indices,
+    pack_mask,
     read_packed_masks,
     save_masks_compact,
+    save_masks_npz,
     unpack_indices,
+    unpack_mask,
 )
-from .config import MaskConfig
 from .nm import group_counts, is_exact_nm, nm_violations
-from .packing import load_masks_npz, pack_mask, save_masks_npz, unpack_mask
 from .prior import apply_prior_, candidate_overlap, prior_logit_shift
 from .sampling import (
     check_group_shape,
@@ -38,7 +41,7 @@ __all__ = [
     "load_masks_npz", "mask_state_at", "masked_weight", "nm_candidates", "nm_violations",
     "num_candidates", "pack_mask", "parse_nm", "prior_logit_shift", "save_masks_npz",
     "soft_mask", "sparse_weight_regularizer", "unpack_mask", "validate_nm",
-    # compact mask-index format
+    # mask files (megatron_masklm.masking.files)
     "COMPACT_FORMAT", "PackedMasks", "detect_mask_format", "index_bits", "indices_to_mask",
     "load_masks_any", "load_masks_compact", "mask_to_indices", "pack_indices",
     "read_packed_masks", "save_masks_compact", "unpack_indices",

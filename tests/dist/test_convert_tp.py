@@ -107,7 +107,7 @@ def test_masks_learned_at_tp2_export_like_the_unsharded_logits(tmp_path):
     from megatron_masklm.convert import convert_megatron_to_hf
     from megatron_masklm.convert.masks import export_masks
     from megatron_masklm.masking import is_exact_nm, load_masks_npz
-    from megatron_masklm.masking.compact import load_masks_compact
+    from megatron_masklm.masking.files import load_masks_compact
 
     _hf_and_megatron(tmp_path)
     prefix = make_token_dataset(str(tmp_path))

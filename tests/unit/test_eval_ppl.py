@@ -123,7 +123,7 @@ def _random_2_4_masks(model, seed):
 
 def test_hf_directory_with_a_mask_file(setup, capsys, tmp_path):
     from megatron_masklm.masking import save_masks_npz
-    from megatron_masklm.masking.compact import save_masks_compact
+    from megatron_masklm.masking.files import save_masks_compact
 
     root, model, ids = setup
     masks = _random_2_4_masks(model, seed=4)

@@ -21,25 +21,20 @@ integer sum_k v_k * 2**(k*b), i.e. ``np.packbits(bits, bitorder="little")`` of t
 bits. ``.idx`` thus has exactly ceil(R*G*b / 8) bytes; every index must be < C.
 
 A 2:4 mask costs 3 bits per 4 weights (0.75 bits/weight, vs log2(6)/4 = 0.65 in theory and
-1 bit/weight for the released "npz-bits" format of :mod:`.packing`).
+1 bit/weight for the released "npz-bits" format of :mod:`.npz`).
 """
-import os
-import zipfile
-import zlib
-from dataclasses import dataclass, field
 from math import ceil, log2
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
 
-from ..fileio import atomic_savez
-from .candidates import nm_candidates, num_candidates, validate_nm
-from .packing import MASK_SUFFIX, unpack_mask
+from ...fileio import atomic_savez
+from ..candidates import nm_candidates, num_candidates, validate_nm
 
 COMPACT_FORMAT = "masklm-nm-index/1"
 _FORMAT_PREFIX = "masklm-nm-index/"
-_META_KEYS = ("__format__", "__n__", "__m__")
+META_KEYS = ("__format__", "__n__", "__m__")
 Shape = Tuple[int, ...]
 
 
@@ -146,76 +141,10 @@ def save_masks_compact(path: str, masks: Dict[str, torch.Tensor], *, n: int, m: 
     atomic_savez(path, entries)
 
 
-@dataclass
-class PackedMasks:
-    """A mask file read into memory still packed; unpack one parameter at a time."""
-
-    path: str
-    format: str
-    """"compact" or "npz-bits"."""
-    packed: Dict[str, np.ndarray]
-    shapes: Dict[str, Shape] = field(default_factory=dict)
-    """Stored shapes (compact files only; npz-bits files do not record shapes)."""
-    nm: Optional[Tuple[int, int]] = None
-    """(n, m) of a compact file; None for npz-bits."""
-
-    def check_shape(self, name: str, shape: Shape) -> None:
-        """ValueError naming the entry when ``name`` cannot be a mask of this shape."""
-        shape = tuple(int(s) for s in shape)
-        if self.format == "compact":
-            if self.shapes[name] != shape:
-                raise ValueError(f"mask file {self.path!r}: entry {name!r} has shape "
-                                 f"{self.shapes[name]} but the weight has shape {shape}")
-            return
-        needed = (int(np.prod(shape)) + 7) // 8
-        if self.packed[name].size != needed:
-            raise ValueError(f"mask file {self.path!r}: entry {name!r} has "
-                             f"{self.packed[name].size} bytes but shape {shape} needs {needed}: "
-                             f"it does not belong to this weight")
-
-    def unpack(self, name: str, shape: Optional[Shape] = None) -> torch.Tensor:
-        """Bool keep-mask of one parameter (``shape`` required for npz-bits files)."""
-        if name not in self.packed:
-            raise ValueError(f"mask file {self.path!r} has no entry {name!r}")
-        if shape is None and self.format == "npz-bits":
-            raise ValueError(f"mask file {self.path!r} is npz-bits, which stores no shapes: "
-                             f"give the shape of {name!r}")
-        shape = tuple(int(s) for s in (shape if shape is not None else self.shapes[name]))
-        self.check_shape(name, shape)
-        if self.format == "npz-bits":
-            return unpack_mask(self.packed[name], shape)
-        n, m = self.nm
-        rows, groups = shape[0], shape[1] // m
-        indices = unpack_indices(self.packed[name], rows * groups, index_bits(n, m))
-        try:
-            return indices_to_mask(torch.from_numpy(indices).reshape(rows, groups), n, m)
-        except ValueError as error:
-            raise ValueError(f"mask file {self.path!r}: entry {name!r}: {error}") from None
-
-
-def read_packed_masks(path: str) -> PackedMasks:
-    """Read either mask format (detected by ``__format__``), validated but still packed."""
-    if not os.path.isfile(path):
-        raise ValueError(f"mask file {path!r} does not exist")
-    if not zipfile.is_zipfile(path):  # np.load would try to unpickle anything else
-        raise ValueError(f"cannot read mask file {path!r}: not an .npz (zip) archive")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
-        raise ValueError(f"cannot read mask file {path!r}: {error}") from error
-    if "__format__" in arrays:
-        return _compact_from_arrays(path, arrays)
-    bad = sorted(key for key in arrays if not key.endswith(MASK_SUFFIX))
-    if bad or not arrays:
-        raise ValueError(f"{path!r} is not a mask file: no '__format__' entry (compact) and "
-                         f"{'no entries' if not arrays else f'entries {bad[:3]} lack'} "
-                         f"the '{MASK_SUFFIX}' suffix (npz-bits)")
-    packed = {key[: -len(MASK_SUFFIX)]: value for key, value in arrays.items()}
-    return PackedMasks(path, "npz-bits", packed)
-
-
-def _compact_from_arrays(path: str, arrays: Dict[str, np.ndarray]) -> PackedMasks:
+def parse_compact(path: str, arrays: Dict[str, np.ndarray]
+                  ) -> Tuple[Dict[str, np.ndarray], Dict[str, Shape], Tuple[int, int]]:
+    """The packed indices, shapes and (n, m) of a compact file's arrays (it has ``__format__``),
+    each checked against this spec; a ValueError names the file and the entry otherwise."""
     fmt = arrays["__format__"]
     fmt = str(fmt.item()) if fmt.dtype.kind == "U" and fmt.size == 1 else repr(fmt)
     if not fmt.startswith(_FORMAT_PREFIX):
@@ -228,16 +157,11 @@ def _compact_from_arrays(path: str, arrays: Dict[str, np.ndarray]) -> PackedMask
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path!r}: entries '__n__'/'__m__' are missing or invalid: "
                          f"{error}") from None
-    packed, shapes = _compact_entries(path, arrays, n, m)
-    return PackedMasks(path, "compact", packed, shapes, (n, m))
-
-
-def _compact_entries(path: str, arrays: Dict[str, np.ndarray], n: int, m: int):
-    names = {key.rsplit(".", 1)[0] for key in arrays if key not in _META_KEYS}
+    names = {key.rsplit(".", 1)[0] for key in arrays if key not in META_KEYS}
     packed, shapes = {}, {}
     for name in sorted(names):
         idx, shape = arrays.get(name + ".idx"), arrays.get(name + ".shape")
-        if idx is None or shape is None or len(arrays) - len(_META_KEYS) != 2 * len(names):
+        if idx is None or shape is None or len(arrays) - len(META_KEYS) != 2 * len(names):
             raise ValueError(f"{path!r}: entry {name!r} needs exactly '{name}.idx' and "
                              f"'{name}.shape' (found keys {sorted(arrays)[:6]})")
         shape = tuple(int(s) for s in np.asarray(shape).reshape(-1))
@@ -249,43 +173,11 @@ def _compact_entries(path: str, arrays: Dict[str, np.ndarray], n: int, m: int):
             raise ValueError(f"{path!r}: entry {name!r} has {idx.size} bytes ({idx.dtype}) but "
                              f"shape {shape} at {n}:{m} needs {needed} uint8 bytes")
         packed[name], shapes[name] = idx, shape
-    return packed, shapes
+    return packed, shapes, (n, m)
 
 
-def load_masks_compact(path: str, shapes: Optional[Dict[str, Shape]] = None
-                       ) -> Tuple[Dict[str, torch.Tensor], Tuple[int, int]]:
-    """All masks of a compact file and its (n, m); with ``shapes``, names and shapes must match."""
-    masks = read_packed_masks(path)
-    if masks.format != "compact":
-        raise ValueError(f"{path!r} is not a compact mask file (no '__format__' entry; it looks "
-                         f"like an npz-bits file: use load_masks_npz or load_masks_any)")
-    if shapes is not None:
-        _check_names(masks, shapes)
-    names = masks.packed if shapes is None else shapes
-    return {name: masks.unpack(name, None if shapes is None else shapes[name])
-            for name in names}, masks.nm
-
-
-def _check_names(masks: PackedMasks, shapes: Dict[str, Shape]) -> None:
-    missing = sorted(set(shapes) - set(masks.packed))
-    extra = sorted(set(masks.packed) - set(shapes))
-    if missing or extra:
-        raise ValueError(f"mask file {masks.path!r} does not match the model: missing "
-                         f"{missing[:5]} ({len(missing)} in all), unexpected {extra[:5]} "
-                         f"({len(extra)} in all)")
-
-
-def detect_mask_format(path: str) -> str:
-    """"compact" (has a ``__format__`` entry) or "npz-bits" (only ``<name>.mask`` entries)."""
-    return read_packed_masks(path).format
-
-
-def load_masks_any(path: str, shapes: Optional[Dict[str, Shape]] = None) -> Dict[str, torch.Tensor]:
-    """Masks from either format; ``shapes`` (required for npz-bits) must match the file's names."""
-    masks = read_packed_masks(path)
-    if shapes is None and masks.format == "npz-bits":
-        raise ValueError(f"{path!r} is an npz-bits mask file, which stores no shapes: pass shapes")
-    if shapes is not None:
-        _check_names(masks, shapes)
-    names = masks.packed if shapes is None else shapes
-    return {name: masks.unpack(name, None if shapes is None else shapes[name]) for name in names}
+def unpack_compact(packed: np.ndarray, shape: Shape, n: int, m: int) -> torch.Tensor:
+    """Bool keep-mask of one entry: its packed indices unpacked to ``shape`` ([R, I])."""
+    rows, groups = shape[0], shape[1] // m
+    indices = unpack_indices(packed, rows * groups, index_bits(n, m))
+    return indices_to_mask(torch.from_numpy(indices).reshape(rows, groups), n, m)

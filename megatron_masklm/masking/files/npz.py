@@ -1,4 +1,5 @@
-"""Hard masks <-> packed bits, and the released-mask .npz format (SPEC section 5)."""
+"""The npz-bits mask format: hard masks <-> packed bits, one ``<name>.mask`` entry per
+parameter in an .npz (the released format, SPEC section 5; no shapes stored)."""
 import zipfile
 import zlib
 from typing import Dict, Iterable, Optional, Tuple
@@ -6,7 +7,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import numpy as np
 import torch
 
-from ..fileio import atomic_savez
+from ...fileio import atomic_savez
 
 MASK_SUFFIX = ".mask"
 
