@@ -9,7 +9,7 @@ conversion, pruning and evaluation share (Megatron-LM's, so its tools find their
     <dir>/tokenizer/                           the tokenizer files
 
 Nothing here imports megatron.core (nor any subpackage: a leaf module, usable from every
-layer); reading the weights is ``mcore.safe_load``'s (``load_dense_weights``).
+layer); reading the weights is ``mcore.loading``'s (``load_model``, ``load_dense_weights``).
 """
 import json
 import os

@@ -11,13 +11,12 @@ def main():
     windows = torch.tensor([[tok.bos_token_id] + ids[i * 511:(i + 1) * 511] for i in range(2)])
     with torch.no_grad():
         expected = ref(windows).logits
-    from megatron_masklm.checkpoints import checkpoint_sources, resolve_checkpoint
-    from megatron_masklm.convert.megatron_to_hf import load_model
     from megatron_masklm.convert.output import megatron_world_of_one
+    from megatron_masklm.mcore.loading import load_model, open_checkpoint
     with megatron_world_of_one():
-        root, directory = resolve_checkpoint(mg)
-        shape, pattern, _, _ = checkpoint_sources(root, directory)
-        model = load_model(directory, shape, pattern, dtype=torch.float32).eval()
+        info = open_checkpoint(mg)
+        shape = info.shape
+        model = load_model(info.directory, shape=shape, nm=info.nm, dtype=torch.float32).eval()
         with torch.no_grad():
             ours = model(windows, torch.arange(512).expand(2, 512), None)[..., :expected.shape[-1]]
     diff = (ours - expected).abs()

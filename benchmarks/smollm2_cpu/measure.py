@@ -35,7 +35,7 @@ def step_times(checkpoint: str, tokens: torch.Tensor, repeats: int) -> dict:
     """Median seconds of each variant over ``repeats`` interleaved rounds (after one warm-up)."""
     from megatron_masklm import mcore
     from megatron_masklm.masking import MaskConfig, MaskState
-    from megatron_masklm.mcore.safe_load import load_dense_weights
+    from megatron_masklm.mcore.loading import load_dense_weights
 
     from megatron.core import tensor_parallel
 

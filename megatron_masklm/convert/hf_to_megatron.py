@@ -17,11 +17,9 @@ writer then streams the scratch files to disk.
 import contextlib
 import ctypes
 import errno
-import json
 import math
 import os
 import shutil
-from dataclasses import asdict
 from typing import Optional
 
 import torch
@@ -31,7 +29,7 @@ from .. import checkpoints as layout
 from .hf_config import shape_from_hf_config
 from .name_map import param_maps
 from ..fileio import atomic_output_dir, check_output_dir
-from .output import megatron_world_of_one
+from .output import megatron_world_of_one, write_release_files
 from .sources import HFCheckpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -92,10 +90,8 @@ def convert_hf_to_megatron(source: str, output: str, *, tensor_model_parallel_si
         del state
         del model, params
         _rmtree(scratch)
-        _write_json(os.path.join(tmp, layout.MODEL_SHAPE_FILE), asdict(shape))
-        _write_json(os.path.join(tmp, layout.HF_CONFIG_FILE), checkpoint.config)
-        layout.write_release_pointer(tmp)
-        checkpoint.save_tokenizer(os.path.join(tmp, layout.TOKENIZER_DIR))
+        write_release_files(tmp, shape=shape, hf_config=checkpoint.config,
+                            save_tokenizer=checkpoint.save_tokenizer)
     return output
 
 
@@ -219,8 +215,3 @@ def _mkdir(path: str) -> str:
 
 def _rmtree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _write_json(path: str, value) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=1, sort_keys=True, default=str)

@@ -7,7 +7,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from ..masking import group_counts, is_exact_nm, parse_nm
+from ..masking import group_counts, is_exact_nm
 from ..masking.files import FORMATS, PackedMasks, read_packed_masks, save_masks
 from ..architecture import HF_FAMILIES, ModelShape
 from ..fileio import check_writable
@@ -43,7 +43,7 @@ def export_masks(checkpoint: str, path: str, *, fmt: str = "npz", overwrite: boo
     loaded = load_megatron_checkpoint(checkpoint, trust=trust)
     if not loaded.masks:
         raise ValueError(f"{checkpoint!r} has no mask logits: it is a dense checkpoint")
-    save_masks(path, loaded.masks, fmt=fmt, nm=parse_nm(loaded.pattern))
+    save_masks(path, loaded.masks, fmt=fmt, nm=loaded.nm)
     return loaded.masks
 
 

@@ -3,13 +3,11 @@ and the final keep-masks under HF parameter names."""
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from ..architecture import ModelShape
-from ..checkpoints import checkpoint_sources, resolve_checkpoint
-from ..masking import MaskConfig, parse_nm
 from .hf_config import hf_config_from_shape
 from .name_map import param_maps
 from ..fileio import atomic_output_dir, check_output_dir, save_safetensors
@@ -25,7 +23,8 @@ class LoadedCheckpoint:
 
     tensors: Dict[str, torch.Tensor]
     masks: Dict[str, torch.Tensor]
-    pattern: Optional[str]
+    nm: Optional[Tuple[int, int]]
+    """(n, m) of the masks; None for a dense checkpoint."""
     hf_config: Dict[str, Any]
     tokenizer_dir: Optional[str]
 
@@ -34,69 +33,25 @@ def load_megatron_checkpoint(path: str, *, dtype: Optional[torch.dtype] = None,
                              trust: bool = False) -> LoadedCheckpoint:
     """Read a checkpoint at TP=1 (resharding from whatever it was saved at), strictly; no code
     from its files runs unless ``trust`` (``mcore.safe_load``)."""
-    root, directory = resolve_checkpoint(path)
-    shape, pattern, hf_config, tokenizer = checkpoint_sources(root, directory)
-    hf_vocab = (hf_config or {}).get("vocab_size", shape.vocab_size)
+    from ..mcore.loading import load_model, open_checkpoint
+
+    info = open_checkpoint(path)
     with megatron_world_of_one() as (mcore, _):
         # the local spec: its parameter names are the ones the HF name map knows (TE fuses
         # the norms into the next linear)
-        model = load_model(directory, shape, pattern, dtype=dtype, use_te=False, trust=trust)
+        model = load_model(info.directory, shape=info.shape, nm=info.nm, dtype=dtype,
+                           use_te=False, trust=trust)
         weight_dtype = model.embedding.word_embeddings.weight.dtype
         params = {name: p.detach() for name, p in model.named_parameters()}
         layer_masks = {f"{name}.weight": layer.hard_mask()
                        for name, layer in mcore.masked_linears(model)}
-    has_logits = bool(layer_masks)
+    shape, hf_vocab = info.shape, info.hf_vocab_size
     tensors = to_hf_tensors(params, shape, hf_vocab_size=hf_vocab)
     masks = to_hf_tensors(layer_masks, shape, hf_vocab_size=hf_vocab, masked_only=True)
-    hf_config = hf_config or hf_config_from_shape(shape, vocab_size=hf_vocab,
-                                                  torch_dtype=str(weight_dtype).replace("torch.", ""))
-    return LoadedCheckpoint(tensors, masks, pattern if has_logits else None, hf_config, tokenizer)
-
-
-def load_model(directory: str, shape: ModelShape, pattern: Optional[str], *,
-               dtype: Optional[torch.dtype] = None, sdpa_attention: bool = False,
-               use_te: Optional[bool] = None, trust: bool = False):
-    """The GPTModel a dist checkpoint holds, at the current TP size, loaded strictly.
-
-    A checkpoint with mask logits (``pattern`` N:M) gives a masked model, one without a dense
-    one; every tensor of the model must be in the checkpoint. ``dtype`` defaults to the
-    checkpoint's; ``sdpa_attention`` uses torch's fused causal attention (inference only);
-    ``use_te`` picks Transformer Engine layers (None: where TE imports and a GPU is present).
-    Needs Megatron's parallel state (``mcore.initialize_distributed``). No code from the files
-    runs unless ``trust`` (``mcore.safe_load``).
-    """
-    from megatron.core import parallel_state
-
-    from .. import mcore
-    from ..mcore import safe_load
-
-    present = safe_load.load_tensors_metadata(directory, trust=trust)
-    weight_dtype = dtype or present["embedding.word_embeddings.weight"].dtype
-    config = mcore.build_transformer_config(
-        shape, params_dtype=weight_dtype, use_cpu_initialization=True,
-        perform_initialization=False,
-        tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size())
-    use_te = mcore.use_transformer_engine("auto") if use_te is None else use_te
-    has_logits = any(key.endswith("mask_logits") for key in present)
-    if pattern and not has_logits:
-        raise ValueError(f"{directory!r} says it holds {pattern} masks but has no mask logits")
-    if has_logits:
-        n, m = parse_nm(pattern)
-        model = mcore.build_masked_gpt_model(shape, MaskConfig(n=n, m=m), config=config,
-                                             use_te=use_te, sdpa_attention=sdpa_attention)
-    else:
-        model = mcore.build_dense_gpt_model(shape, config=config, use_te=use_te,
-                                            sdpa_attention=sdpa_attention)
-    state = mcore.without_te_extra_state(model.sharded_state_dict())
-    missing = sorted(mcore.compat.sharded_tensor_keys(state) - set(present))
-    if missing:
-        raise ValueError(f"{directory!r} does not match model_shape.json: missing {missing[:3]}")
-    safe_load.check_tensor_shapes(state, present, directory, what="checkpoint", fix=(
-        "its model_shape.json does not describe its tensors: restore the model_shape.json saved "
-        "with it"))
-    loaded = safe_load.load(state, directory, trust=trust)  # also returns the common state
-    mcore.load_model_tensors(model, {key: loaded[key] for key in state})
-    return model
+    hf_config = info.hf_config or hf_config_from_shape(
+        shape, vocab_size=hf_vocab, torch_dtype=str(weight_dtype).replace("torch.", ""))
+    return LoadedCheckpoint(tensors, masks, info.nm if layer_masks else None, hf_config,
+                            info.tokenizer_dir)
 
 
 def to_hf_tensors(tensors: Dict[str, torch.Tensor], shape: ModelShape, *, hf_vocab_size: int,

@@ -167,13 +167,12 @@ def megatron_logits_fn(path: str, *, dtype: Optional[torch.dtype] = None, trust:
     from megatron.core import parallel_state
 
     from .. import mcore
-    from ..checkpoints import checkpoint_sources, resolve_checkpoint
-    from ..convert.megatron_to_hf import load_model
+    from ..mcore.loading import load_model, open_checkpoint
     from ..mcore.parallel import gather_global_tensor
 
-    root, directory = resolve_checkpoint(path)
-    shape, pattern, hf_config, tokenizer_dir = checkpoint_sources(root, directory)
-    model = load_model(directory, shape, pattern, dtype=dtype, sdpa_attention=True, trust=trust)
+    info = open_checkpoint(path)
+    model = load_model(info.directory, shape=info.shape, nm=info.nm, dtype=dtype,
+                       sdpa_attention=True, trust=trust)
     model.eval()
     exact = all(mcore.check_nm(model).values())
     group = parallel_state.get_tensor_model_parallel_group()
@@ -185,10 +184,9 @@ def megatron_logits_fn(path: str, *, dtype: Optional[torch.dtype] = None, trust:
         local = model(tokens, positions, None)  # [b, s, vocab / TP]
         return gather_global_tensor(local, axis=-1, stride=1, group=group)
 
-    info = {"pattern": pattern, "exact_nm": exact if pattern else None,
-            "vocab_size": (hf_config or {}).get("vocab_size", shape.vocab_size),
-            "max_positions": shape.max_position_embeddings}
-    return logits_fn, tokenizer_dir, info
+    return logits_fn, info.tokenizer_dir, {
+        "pattern": info.pattern, "exact_nm": exact if info.nm else None,
+        "vocab_size": info.hf_vocab_size, "max_positions": info.shape.max_position_embeddings}
 
 
 # ----------------------------------------------------------------------------- CLI

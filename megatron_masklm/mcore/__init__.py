@@ -1,6 +1,8 @@
-"""Megatron-Core glue: masked parallel linears, the spec transform, the model builder, loading a
-checkpoint's weights with no code from its files run (``safe_load``), whole-model masks <-> this
-rank's shards (``global_masks``), version compatibility and the CPU (gloo) backend.
+"""Megatron-Core glue: masked parallel linears, the spec transform, the model builder, the one
+loader of a model from a checkpoint (``loading``: conversion, export, pruning and evaluation use
+``load_model``, training ``load_dense_weights``), reading checkpoints with no code from their
+files run (``safe_load``), whole-model masks <-> this rank's shards (``global_masks``), version
+compatibility and the CPU (gloo) backend.
 
 It imports only ``masking`` and the leaf modules; ``convert``, ``oneshot``, ``evaluation`` and
 ``training`` build on it. Importing it imports megatron.core, and it is the one place that

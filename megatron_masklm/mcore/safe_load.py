@@ -15,14 +15,12 @@ import zipfile
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
 
-from ..checkpoints import LOGITS_SUFFIX, resolve_dense_checkpoint
 from ..cli_errors import CheckpointError
 from ..safe_pickle import (TRUST_FLAG, UnsafeCheckpointError, check_metadata, trusting_loads,
                            weights_only_loads)
 
 __all__ = ["UnsafeCheckpointError", "check_common_file", "check_tensor_shapes",
-           "check_tensors_present", "load", "load_dense_weights", "load_model_weights",
-           "load_tensors_metadata"]
+           "check_tensors_present", "load", "load_tensors_metadata"]
 
 COMMON_FILE = "common.pt"
 """The file of a dist checkpoint that holds its non-tensor (common) state."""
@@ -109,19 +107,25 @@ def load_tensors_metadata(directory: str, *, trust: bool = False):
 
 
 def check_tensors_present(state: Dict[str, Any], directory: str, *, what: str,
-                          trust: bool = False, logits_suffix: str = "mask_logits") -> None:
-    """Every ShardedTensor ``state`` asks for must be in the checkpoint (else a clear error)."""
+                          trust: bool = False, logits_suffix: str = "mask_logits",
+                          fix: Optional[str] = None,
+                          present: Optional[Dict[str, Any]] = None) -> None:
+    """Every ShardedTensor ``state`` asks for must be in the checkpoint, with the global shape
+    it has there (else a clear error, ending in ``fix`` when given). ``present``: the
+    checkpoint's tensor metadata, when already read."""
     from . import compat
 
-    present = load_tensors_metadata(directory, trust=trust)
+    if present is None:
+        present = load_tensors_metadata(directory, trust=trust)
     missing = sorted(compat.sharded_tensor_keys(state) - set(present))
     if missing:
         logits = [key for key in missing if key.endswith(logits_suffix)]
         detail = (f"it has no mask logits for {len(logits)} of the model's masked weights "
                   f"(e.g. {logits[0]!r})"
                   if logits else f"{len(missing)} tensors are missing (e.g. {missing[:3]})")
-        raise ValueError(f"{what} {directory!r} does not match this model: {detail}")
-    check_tensor_shapes(state, present, directory, what=what)
+        raise ValueError(f"{what} {directory!r} does not match this model: {detail}"
+                         + (f": {fix}" if fix else ""))
+    check_tensor_shapes(state, present, directory, what=what, fix=fix)
 
 
 def check_tensor_shapes(state: Dict[str, Any], present: Dict[str, Any], directory: str, *,
@@ -156,23 +160,3 @@ def check_tensor_shapes(state: Dict[str, Any], present: Dict[str, Any], director
                      + (fix or "fix the shape flags (--hidden-size, --ffn-hidden-size, "
                                "--num-attention-heads, --num-query-groups, --num-layers, "
                                "--vocab-size) or pick the matching checkpoint"))
-
-
-def load_model_weights(directory: str, *, model, skip_suffix: str, what: str,
-                       trust: bool = False) -> None:
-    """Load every tensor of ``model`` whose name does not end in ``skip_suffix`` from the dist
-    checkpoint ``directory`` (TE's ``_extra_state`` aside), strictly otherwise."""
-    from .model import load_model_tensors, without_te_extra_state
-
-    state = {key: value for key, value in without_te_extra_state(model.sharded_state_dict()).items()
-             if not key.endswith(skip_suffix)}
-    check_tensors_present(state, directory, what=what, trust=trust, logits_suffix=skip_suffix)
-    loaded = load(state, directory, trust=trust)  # also returns the common state
-    load_model_tensors(model, {key: loaded[key] for key in state}, may_lack=(skip_suffix,))
-
-
-def load_dense_weights(path: str, *, model, trust: bool = False) -> None:
-    """Load every weight of ``model`` except the mask logits from the dense dist checkpoint at
-    ``path`` (or the one its pointer names); no code from its files runs unless ``trust``."""
-    load_model_weights(resolve_dense_checkpoint(path), model=model, skip_suffix=LOGITS_SUFFIX,
-                       what="pretrained checkpoint", trust=trust)

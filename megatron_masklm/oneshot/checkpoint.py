@@ -186,22 +186,6 @@ def _calibration(args, tokenizer_dir: Optional[str], vocab_size: int) -> Optiona
                         num_samples=args.calib_samples)
 
 
-def _build_and_load(shape, directory: str, *, trust: bool = False):
-    """Dense GPTModel at TP = world size, fp32 (pruning maths and the layer passes in fp32),
-    loaded strictly from ``directory`` (no code from its files runs unless ``trust``)."""
-    from .. import mcore
-    from ..mcore import safe_load
-
-    metadata = safe_load.load_tensors_metadata(directory, trust=trust)
-    source_dtype = metadata["embedding.word_embeddings.weight"].dtype
-    config = mcore.build_transformer_config(
-        shape, tensor_model_parallel_size=torch.distributed.get_world_size(),
-        params_dtype=torch.float32, use_cpu_initialization=True, perform_initialization=False)
-    model = mcore.build_dense_gpt_model(shape, config=config, sdpa_attention=True)
-    safe_load.load_dense_weights(directory, model=model, trust=trust)
-    return model, source_dtype
-
-
 def _record(args, calibration: Optional[torch.Tensor]) -> Dict[str, Any]:
     return {"method": args.method, "pattern": args.pattern, "percdamp": args.percdamp,
             "blocksize": args.blocksize, "updated_weights": bool(args.update_weights),
@@ -210,13 +194,15 @@ def _record(args, calibration: Optional[torch.Tensor]) -> Dict[str, Any]:
                 "windows": int(calibration.shape[0]), "seq_length": int(calibration.shape[1])}}
 
 
-def _save_megatron(model, output: str, *, root: str, dtype: torch.dtype, record: Dict[str, Any],
+def _save_megatron(model, output: str, info, *, dtype: torch.dtype, record: Dict[str, Any],
                    overwrite: bool) -> None:
-    """A dense Megatron checkpoint laid out as the converter lays one out (release/, pointer,
-    model_shape.json, hf_config.json, tokenizer/), written by all TP ranks, renamed by rank 0."""
+    """A dense Megatron checkpoint laid out as the converter lays one out (its
+    ``write_release_files``: release/, pointer, model_shape.json, hf_config.json, tokenizer/)
+    plus the pruning record, written by all TP ranks, renamed by rank 0."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
+    from ..convert.output import write_release_files
     from ..fileio import atomic_output_dir
 
     rank = dist.get_rank()
@@ -232,13 +218,10 @@ def _save_megatron(model, output: str, *, root: str, dtype: torch.dtype, record:
         dist_checkpointing.save(model.sharded_state_dict(), os.path.join(tmp, layout.RELEASE))
         dist.barrier()
         if rank == 0:
-            for name in (layout.MODEL_SHAPE_FILE, layout.HF_CONFIG_FILE):
-                if os.path.exists(os.path.join(root, name)):
-                    shutil.copy2(os.path.join(root, name), os.path.join(tmp, name))
-            if os.path.isdir(os.path.join(root, layout.TOKENIZER_DIR)):
-                shutil.copytree(os.path.join(root, layout.TOKENIZER_DIR),
-                                os.path.join(tmp, layout.TOKENIZER_DIR))
-            layout.write_release_pointer(tmp)
+            tokenizer = info.tokenizer_dir
+            write_release_files(tmp, shape=info.shape, hf_config=info.hf_config,
+                                save_tokenizer=tokenizer and (
+                                    lambda target: shutil.copytree(tokenizer, target)))
             with open(os.path.join(tmp, PRUNING_RECORD), "w") as handle:
                 json.dump(record, handle, indent=1)
     dist.barrier()  # renamed into place by rank 0
@@ -251,11 +234,10 @@ def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
     initialised (and torn down) here unless the caller already did.
     """
     _check_args(args)
-    from ..checkpoints import checkpoint_sources, resolve_checkpoint
     from ..convert.megatron_to_hf import to_hf_tensors
     from ..masking import is_exact_nm, parse_nm, save_masks_npz
+    from ..mcore.loading import checkpoint_dtype, load_dense_weights, load_model, open_checkpoint
     from ..mcore.parallel import tensor_parallel_world
-    from ..mcore.safe_load import load_dense_weights
     from .model import apply_global_masks, prune_model
 
     n, m = parse_nm(args.pattern)
@@ -270,18 +252,21 @@ def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
 
             source = convert_hf_to_megatron(args.hf_checkpoint, os.path.join(scratch, "megatron"),
                                             dtype="float32", progress=not args.no_progress)
-        root, directory = resolve_checkpoint(source)
-        shape, _, hf_config, tokenizer_dir = checkpoint_sources(root, directory)
+        info = open_checkpoint(source)
+        shape, hf_config = info.shape, info.hf_config
         if args.method != "magnitude" and args.seq_length > shape.max_position_embeddings:
             raise ValueError(f"--seq-length {args.seq_length} is beyond the model's "
                              f"max_position_embeddings of {shape.max_position_embeddings}: pass "
                              f"--seq-length {shape.max_position_embeddings} or less")
-        calibration = _calibration(args, tokenizer_dir, shape.vocab_size)
+        calibration = _calibration(args, info.tokenizer_dir, shape.vocab_size)
         if calibration is not None and int(calibration.max()) >= shape.vocab_size:
             raise ValueError(f"calibration token id {int(calibration.max())} is outside the "
                              f"model's vocabulary of {shape.vocab_size}: use the model's tokenizer")
         with tensor_parallel_world():
-            model, source_dtype = _build_and_load(shape, directory, trust=args.trust_checkpoint)
+            # dense at TP = world size, fp32 (the pruning maths and the layer passes run in fp32)
+            source_dtype = checkpoint_dtype(info.directory, trust=args.trust_checkpoint)
+            model = load_model(info.directory, shape=shape, dense=True, dtype=torch.float32,
+                               sdpa_attention=True, use_te=False, trust=args.trust_checkpoint)
             loaded = time.perf_counter()
             masks = prune_model(model, config, calibration, progress=not args.no_progress)
             pruned = time.perf_counter()
@@ -290,23 +275,23 @@ def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
                 raise RuntimeError(f"pruned masks are not exactly {n}:{m}: {bad[:3]}")
             record = _record(args, calibration)
             rank0 = torch.distributed.get_rank() == 0
-            hf_vocab = (hf_config or {}).get("vocab_size", shape.vocab_size)
+            hf_vocab = info.hf_vocab_size
             if rank0:
                 save_masks_npz(args.output_mask, masks)
                 if args.hf_masks:
                     save_masks_npz(args.hf_masks, to_hf_tensors(masks, shape, hf_vocab_size=hf_vocab,
                                                                 masked_only=True))
             if (args.save or args.save_hf) and args.method == "sparsegpt" and not args.update_weights:
-                load_dense_weights(directory, model=model,  # the originals, then the masks
+                load_dense_weights(info.directory, model=model,  # the originals, then the masks
                                    trust=args.trust_checkpoint)
                 apply_global_masks(model, masks)
             if args.hf_checkpoint:
                 source_dtype = _config_dtype(hf_config) or source_dtype
             if args.save_hf:
-                _save_hf(model, args.save_hf, shape, hf_config, hf_vocab, tokenizer_dir,
+                _save_hf(model, args.save_hf, shape, hf_config, hf_vocab, info.tokenizer_dir,
                          dtype=source_dtype, overwrite=args.overwrite)
             if args.save:
-                _save_megatron(model, args.save, root=root, dtype=source_dtype, record=record,
+                _save_megatron(model, args.save, info, dtype=source_dtype, record=record,
                                overwrite=args.overwrite)
     finally:
         if scratch:

@@ -24,7 +24,7 @@ from ..convert.masks import load_global_masks
 from ..masking import MaskState, expected_mask, mask_state_at
 from ..mcore import (apply_mask_state, apply_prior_masks, check_nm, masked_linears, masks_off,
                      seed_mask_noise, set_random_seeds)
-from ..mcore.safe_load import load_dense_weights
+from ..mcore.loading import load_dense_weights
 from . import checkpointing
 from .builders import build_data, build_model_and_optimizer, build_tokenizer_for
 from .checkpointing import TrainState

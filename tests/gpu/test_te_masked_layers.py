@@ -162,7 +162,7 @@ def test_te_spec_model_loads_a_local_spec_checkpoint_and_matches_it(mcore, tmp_p
 
     from megatron.core import dist_checkpointing
 
-    from megatron_masklm.convert.megatron_to_hf import load_model
+    from megatron_masklm.mcore.loading import load_model
     from megatron_masklm.masking import MaskConfig, MaskState
     from megatron_masklm.mcore import (
         ModelShape, apply_mask_state, build_masked_gpt_model, build_transformer_config, compat,
@@ -179,7 +179,7 @@ def test_te_spec_model_loads_a_local_spec_checkpoint_and_matches_it(mcore, tmp_p
         for _, layer in masked_linears(local):
             layer.mask_logits.normal_(0.0, 0.1)
     dist_checkpointing.save(local.sharded_state_dict(), str(tmp_path))
-    te = load_model(str(tmp_path), shape, "2:4")
+    te = load_model(str(tmp_path), shape=shape, nm=(2, 4))
     assert isinstance(te.decoder.layers[0].mlp.linear_fc1, MaskedTEMixin)
     assert te.embedding.word_embeddings.weight.dtype == torch.bfloat16
     want, got = hard_masks(local), hard_masks(te)

@@ -116,14 +116,15 @@ def _saved_without_extra_state(mcore, build, directory, extra_state):
 
 def test_masked_checkpoint_loads_into_a_model_with_more_extra_state(mcore, tmp_path,
                                                                     te_like_extra_state):
-    from megatron_masklm.convert.megatron_to_hf import load_model
+    from megatron_masklm.mcore.loading import load_model
 
     shape = mcore.ModelShape(**TINY_LLAMA)
     torch.manual_seed(0)
     saved, directory = _saved_without_extra_state(
         mcore, lambda: mcore.build_masked_gpt_model(shape, MaskConfig(), use_te=False),
         tmp_path / "ckpt", te_like_extra_state)
-    loaded = load_model(directory, shape, "2:4", use_te=False)  # the stand-in is a local norm
+    # the stand-in is a local norm
+    loaded = load_model(directory, shape=shape, nm=(2, 4), use_te=False)
     state, key = loaded.state_dict(), te_like_extra_state[1]
     assert key in state and key in loaded.sharded_state_dict()
     for key, value in saved.state_dict().items():
@@ -133,7 +134,7 @@ def test_masked_checkpoint_loads_into_a_model_with_more_extra_state(mcore, tmp_p
 
 def test_dense_pretrained_checkpoint_loads_into_a_model_with_more_extra_state(
         mcore, tmp_path, te_like_extra_state):
-    from megatron_masklm.mcore.safe_load import load_dense_weights
+    from megatron_masklm.mcore.loading import load_dense_weights
 
     shape = mcore.ModelShape(**TINY_LLAMA)
     torch.manual_seed(1)
