@@ -4,7 +4,8 @@ Layers, lowest first; each imports only from its own layer and those below it, l
 imports included, with no cycle (tests/unit/test_layers.py):
 
 1. leaf modules: ``architecture``, ``checkpoints`` (the directory layout), ``cli_errors``, ``cpu``,
-   ``fileio``, ``safe_pickle``, ``yamlfile``;
+   ``families`` (one module per model family, and their registry), ``fileio``, ``safe_pickle``,
+   ``yamlfile``;
 2. ``masking``: N:M maths and the mask file formats, no megatron import;
 3. ``mcore``: Megatron-Core glue (masked layers, model building, checkpoint loading, sharding);
    ``hf``: mask tools for Hugging Face checkpoints, no megatron;

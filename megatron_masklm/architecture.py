@@ -3,34 +3,20 @@
 One description read by the Megatron builder (``mcore.model``), the HF converters
 (``convert``), the memory estimator (``memory``) and the training config. ``family`` names the
 Hugging Face layout a model converts to and from; every behaviour is an explicit switch below,
-and a switch left unset takes the family's value (:data:`FAMILY_SWITCHES`), so a
+and a switch left unset takes the family's value (its module in :mod:`.families`), so a
 ``model_shape.json`` written before the switches existed still reads the same.
 """
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
-_LLAMA = dict(normalization="RMSNorm", gated_linear_unit=True, activation="silu",
-              add_bias_linear=False, add_qkv_bias=False, qk_layernorm=False,
-              position_embedding_type="rope", layernorm_zero_centered_gamma=False,
-              post_sublayer_norms=False, scale_embeddings=False)
+from . import families
 
-FAMILY_SWITCHES: Dict[str, Dict[str, Any]] = {
-    "llama": _LLAMA,                                 # LLaMA-2/3/3.1, SmolLM2
-    "mistral": _LLAMA,                               # the LLaMA layout, Mistral's HF names
-    "qwen2": {**_LLAMA, "add_qkv_bias": True},       # Qwen2 / Qwen2.5
-    "qwen3": {**_LLAMA, "qk_layernorm": True},       # Qwen3 dense
-    "gemma3": {**_LLAMA, "activation": "gelu_tanh", "qk_layernorm": True,  # Gemma 3 text
-               "layernorm_zero_centered_gamma": True, "post_sublayer_norms": True,
-               "scale_embeddings": True},
-    "gpt": dict(normalization="LayerNorm", gated_linear_unit=False, activation="gelu",
-                add_bias_linear=True, add_qkv_bias=False, qk_layernorm=False,
-                position_embedding_type="learned_absolute", layernorm_zero_centered_gamma=False,
-                post_sublayer_norms=False, scale_embeddings=False),
-}
-"""The switches each family implies. "gpt" (GPT-2 style) has no HF conversion."""
+FAMILY_SWITCHES: Mapping[str, Dict[str, Any]] = families.SWITCHES
+"""The switches each family implies (a read-only view of the registry, :mod:`.families`)."""
 
-FAMILIES = tuple(FAMILY_SWITCHES)
-HF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+FAMILIES = families.names()
+"""The families registered when the package loaded ("gpt", GPT-2 style, has no HF conversion)."""
+HF_FAMILIES = families.hf_families()
 """Families with a Hugging Face name map (conversion, HF-named mask files)."""
 
 NORMALIZATIONS = ("RMSNorm", "LayerNorm")
@@ -42,9 +28,10 @@ POSITION_EMBEDDINGS = ("rope", "learned_absolute")
 class ModelShape:
     """Architecture of a decoder-only transformer (Megatron-Core's option names)."""
 
-    family: str = "llama"
-    """Hugging Face layout and the defaults of the switches below: llama, mistral, qwen2, qwen3,
-    or gpt (GPT-2 style: LayerNorm, GeLU, learned positions, biases; no HF conversion)."""
+    family: str = families.DEFAULT_FAMILY
+    """Hugging Face layout and the defaults of the switches below: a registered family
+    (:mod:`megatron_masklm.families`: llama, mistral, qwen2, qwen3, gemma3, or gpt, GPT-2 style:
+    LayerNorm, GeLU, learned positions, biases; no HF conversion)."""
     num_layers: int
     """Transformer layers."""
     hidden_size: int
@@ -104,9 +91,7 @@ class ModelShape:
     """Share the input embedding with the output head (SmolLM2, GPT-2 style)."""
 
     def __post_init__(self):
-        if self.family not in FAMILY_SWITCHES:
-            raise ValueError(f"family {self.family!r} is not one of {FAMILIES}")
-        for name, value in FAMILY_SWITCHES[self.family].items():
+        for name, value in families.get(self.family).switches.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         for name, value, allowed in (("normalization", self.normalization, NORMALIZATIONS),

@@ -1,5 +1,6 @@
-"""The declarative map between HF parameters (LLaMA, Mistral, Qwen2, Qwen3) and Megatron-Core
-GPT parameters.
+"""The declarative map between HF parameters (the families of :mod:`megatron_masklm.families`
+that convert) and Megatron-Core GPT parameters. Which parameters a layer has follows the shape's
+switches (a QKV bias, QK-norms, post-sublayer norms), never the family's name.
 
 Megatron fuses q/k/v into ``linear_qkv`` rows laid out per query group ([q heads of group g;
 k_g; v_g] for each g) and gate/up into ``linear_fc1`` ([gate; up]). Both are row permutations,
@@ -10,7 +11,8 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from ..architecture import FAMILY_SWITCHES, HF_FAMILIES, ModelShape
+from .. import families
+from ..architecture import ModelShape
 
 
 @dataclass(frozen=True)
@@ -57,21 +59,21 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 
 def check_hf_layout(shape: ModelShape) -> None:
     """``shape`` must be its family's HF layout: a switch set apart from the family's has no
-    HF parameter to go to (e.g. a "llama" shape with a QKV bias)."""
-    if shape.family not in HF_FAMILIES:
+    HF parameter to go to (e.g. a "llama" shape with a QKV bias), nor has a field only other
+    families' layouts express (e.g. a sliding window outside Gemma 3)."""
+    family = families.hf_family(shape.family)
+    if family is None:
         raise ValueError(f"a {shape.family!r} model has no Hugging Face layout: only "
-                         f"{HF_FAMILIES} convert")
-    differ = {name: getattr(shape, name) for name, value in FAMILY_SWITCHES[shape.family].items()
+                         f"{families.hf_families()} convert")
+    differ = {name: getattr(shape, name) for name, value in family.switches.items()
               if getattr(shape, name) != value}
     if differ:
         raise ValueError(f"a {shape.family!r} model with {differ} has no Hugging Face layout: "
-                         f"{shape.family} has {FAMILY_SWITCHES[shape.family]}")
-    if shape.family != "gemma3":
-        extra = {name: getattr(shape, name) for name in ("window_size", "softmax_scale",
-                                                         "rotary_base_local")
-                 if getattr(shape, name) is not None}
-        if extra:
-            raise ValueError(f"a {shape.family!r} model with {extra} has no Hugging Face layout")
+                         f"{shape.family} has {family.switches}")
+    extra = {name: getattr(shape, name) for name in families.OPTIONAL_HF_FIELDS
+             if name not in family.hf_shape_fields and getattr(shape, name) is not None}
+    if extra:
+        raise ValueError(f"a {shape.family!r} model with {extra} has no Hugging Face layout")
 
 
 def param_maps(shape: ModelShape, *, hf_vocab_size: int) -> List[ParamMap]:

@@ -14,17 +14,18 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 TOP = PACKAGE  # the component of the package's own __init__.py
 
 LAYERS = (  # lowest first
-    # the package's own __init__ and the leaf utilities, usable from anywhere
-    (TOP, "architecture", "checkpoints", "cli_errors", "cpu", "fileio", "safe_pickle",
-     "yamlfile"),
+    # the package's own __init__ and the leaf utilities, usable from anywhere (families: one
+    # module per model family, read by architecture, so it imports none of the package)
+    (TOP, "architecture", "checkpoints", "cli_errors", "cpu", "families", "fileio",
+     "safe_pickle", "yamlfile"),
     ("masking",),  # N:M maths and mask file formats
     ("mcore", "hf"),  # Megatron-Core glue (model building, checkpoint loading); HF-side masks
     ("convert", "data"),  # HF <-> Megatron conversion and mask files; tokenizers and datasets
     ("evaluation", "oneshot", "training"),  # the jobs
     ("train",),  # the training entry point (tools/ are the others, outside the package)
 )
-NO_MEGATRON = ("masking", "hf", "architecture", "checkpoints", "cli_errors", "cpu", "fileio",
-               "safe_pickle", "yamlfile", TOP, "oneshot.config", "oneshot.pruning",
+NO_MEGATRON = ("masking", "hf", "architecture", "checkpoints", "cli_errors", "cpu", "families",
+               "fileio", "safe_pickle", "yamlfile", TOP, "oneshot.config", "oneshot.pruning",
                "oneshot.statistics", "training.memory", "training.distillation")
 """Components (all their modules) and modules that import no megatron nor Transformer Engine,
 not even late or through another module of the package (their docstrings say so)."""
