@@ -38,14 +38,20 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .. import families
 from .masks import is_masked_weight
 from ..masking.nm import nm_violations
 
 MIN_COMPUTE_CAPABILITY = (8, 0)
 PREFILL_TOKENS = (512, 1024, 2048, 4096, 8192)
 DECODE_TOKENS = (1, 2, 4, 8, 16, 32)
-LLAMA2 = {"7b": dict(hidden=4096, ffn=11008), "13b": dict(hidden=5120, ffn=13824)}
-"""LLaMA-2 decoder widths (both without grouped-query attention: k/v are hidden x hidden)."""
+LLAMA2 = {preset[len("llama2-"):]: dict(hidden=shape["hidden_size"], ffn=shape["ffn_hidden_size"])
+          for preset, shape in families.preset_options().items()
+          if preset.startswith("llama2-")
+          and shape["num_query_groups"] == shape["num_attention_heads"]}
+"""LLaMA-2 decoder widths, from the presets (:mod:`megatron_masklm.families`): those without
+grouped-query attention (7B, 13B), as :func:`llama2_linear_shapes` takes k/v to be hidden x
+hidden."""
 BACKENDS = ("auto", "cusparselt", "cutlass")
 # (sparse rows, sparse cols, dense rows) multiples for bf16, used when torch's table is missing.
 _FALLBACK_CONSTRAINTS = {"cusparselt": (16, 16, 8), "cutlass": (32, 64, 8)}

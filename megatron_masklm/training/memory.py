@@ -146,6 +146,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .. import families
 from ..architecture import FAMILIES, ModelShape, padded_vocab_size as _padded
 from ..masking.candidates import parse_nm
 
@@ -290,32 +291,11 @@ class Estimate:
         }
 
 
-PRESET_OPTIONS: Dict[str, Dict[str, Any]] = {
-    "llama2-7b": dict(num_layers=32, hidden_size=4096, ffn_hidden_size=11008,
-                      num_attention_heads=32, num_query_groups=32, vocab_size=32000),
-    "llama2-13b": dict(num_layers=40, hidden_size=5120, ffn_hidden_size=13824,
-                       num_attention_heads=40, num_query_groups=40, vocab_size=32000),
-    "qwen2.5-7b": dict(family="qwen2", num_layers=28, hidden_size=3584, ffn_hidden_size=18944,
-                       num_attention_heads=28, num_query_groups=4, vocab_size=152064,
-                       max_position_embeddings=32768, rotary_base=1e6, norm_eps=1e-6),
-    "qwen3-8b": dict(family="qwen3", num_layers=36, hidden_size=4096, ffn_hidden_size=12288,
-                     num_attention_heads=32, num_query_groups=8, kv_channels=128,
-                     vocab_size=151936, max_position_embeddings=40960, rotary_base=1e6,
-                     norm_eps=1e-6),
-    "mistral-7b": dict(family="mistral", num_layers=32, hidden_size=4096, ffn_hidden_size=14336,
-                       num_attention_heads=32, num_query_groups=8, vocab_size=32768,
-                       max_position_embeddings=32768, rotary_base=1e6),
-    "gemma3-270m": dict(family="gemma3", num_layers=18, hidden_size=640, ffn_hidden_size=2048,
-                        num_attention_heads=4, num_query_groups=1, kv_channels=256,
-                        vocab_size=262144, max_position_embeddings=32768, window_size=512,
-                        window_attn_skip_freq=6, rotary_base=1e6, rotary_base_local=1e4,
-                        norm_eps=1e-6, tied_embeddings=True),
-    "smollm2-135m": dict(num_layers=30, hidden_size=576, ffn_hidden_size=1536,
-                         num_attention_heads=9, num_query_groups=3, vocab_size=49152,
-                         max_position_embeddings=8192, tied_embeddings=True),
-}
+PRESET_OPTIONS: Dict[str, Dict[str, Any]] = families.preset_options()
 """The options of each preset shape (the HF config.json values; the CLI starts from these, so a
-flag such as --hidden-size or --model-family recomputes what depends on it)."""
+flag such as --hidden-size or --model-family recomputes what depends on it). Each is defined once,
+in its family's module (:mod:`megatron_masklm.families`); examples/configs agree with them
+(tests/unit/test_family_registry.py)."""
 PRESETS: Dict[str, ModelShape] = {name: ModelShape(**options)
                                   for name, options in PRESET_OPTIONS.items()}
 """Model shapes by name (as examples/configs and the SmolLM2 benchmark use them)."""
