@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from harness import run_distributed
+from script_modules import tool
 from training_utils import make_token_dataset, tiny_options
 
 pytest.importorskip("transformers")
@@ -21,7 +22,7 @@ def _eval_argv(run_dir, text):
 
 
 def _train_then_evaluate(*, rank, init_method, prefix, checkpoint, run_dir, text):
-    from megatron_masklm.evaluation.perplexity import evaluate, parse_job
+    from megatron_masklm.evaluation.perplexity import evaluate
     from megatron_masklm.mcore import initialize_distributed
     from megatron_masklm.training.arguments import run_config_from_options
     from megatron_masklm.training.loop import train
@@ -32,7 +33,7 @@ def _train_then_evaluate(*, rank, init_method, prefix, checkpoint, run_dir, text
     options.update(tensor_model_parallel_size=2, pretrained_checkpoint=checkpoint, save=run_dir,
                    train_iters=3, eval_iters=0, lr=0.2)
     train(run_config_from_options(options))
-    return evaluate(parse_job(_eval_argv(run_dir, text)))
+    return evaluate(tool("eval_ppl").parse_job(_eval_argv(run_dir, text)))
 
 
 def test_masked_run_at_tp2_equals_tp1_and_transformers(tmp_path, capsys):
@@ -41,7 +42,7 @@ def test_masked_run_at_tp2_equals_tp1_and_transformers(tmp_path, capsys):
     import transformers
 
     from megatron_masklm.convert import convert_hf_to_megatron, convert_megatron_to_hf
-    from megatron_masklm.evaluation.perplexity import main
+    main = tool("eval_ppl").main
 
     tiny_llama(tmp_path / "hf", seed=5)  # vocabulary 100, padded to 128 below
     convert_hf_to_megatron(str(tmp_path / "hf"), str(tmp_path / "mg"), tensor_model_parallel_size=2,

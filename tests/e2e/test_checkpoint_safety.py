@@ -30,7 +30,7 @@ def _main(tool: str):
     if tool == "train":
         from megatron_masklm.train import main
     elif tool == "eval_ppl":
-        from megatron_masklm.evaluation.perplexity import main
+        from eval_ppl import main
     elif tool == "prune_oneshot":
         from megatron_masklm.oneshot.checkpoint import main
     elif tool == "export_masks":

@@ -12,7 +12,10 @@ import torch
 transformers = pytest.importorskip("transformers")  # an install extra ([hf], [test]) in CI
 
 from hf_utils import reference_nll, tiny_llama  # noqa: E402
-from megatron_masklm.evaluation.perplexity import Window, main, plan_windows  # noqa: E402
+from megatron_masklm.evaluation.perplexity import Window, plan_windows  # noqa: E402
+from script_modules import tool  # noqa: E402
+
+main = tool("eval_ppl").main
 
 VOCAB, TOKENS = 100, 203
 

@@ -193,7 +193,7 @@ def test_gpu_run_arguments_and_table():
 
 
 def test_gpu_run_commands_parse_with_the_tools_own_parsers(tmp_path):
-    from megatron_masklm.evaluation.perplexity import build_parser as eval_parser
+    from script_modules import tool
     from megatron_masklm.training.arguments import build_parser as train_parser
 
     run = _load_run()
@@ -203,6 +203,6 @@ def test_gpu_run_commands_parse_with_the_tools_own_parsers(tmp_path):
     assert (train.bf16, train.pattern, train.train_iters, train.eval_interval) == (True, "2:4", 50, 50)
     assert train.prior_mask == os.path.join("D", "prior.npz") and train.save == train.load == "R"
     assert train.valid_data_path == [os.path.join("D", "data", "eval_text_document")]
-    ev = eval_parser().parse_args([str(a) for a in run.eval_args(args, load="R", data="D", output="o")])
+    ev = tool("eval_ppl").build_parser().parse_args([str(a) for a in run.eval_args(args, load="R", data="D", output="o")])
     assert (ev.load, ev.seq_length, ev.max_windows, ev.stride) == ("R", 512, 8, None)
     assert ev.text == os.path.join("D", "eval.txt")

@@ -57,22 +57,26 @@ def test_layout_estimator_and_tool_modules_import_no_megatron():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("module, job, argv", [
-    ("megatron_masklm.oneshot.checkpoint", "PruneJob",
+@pytest.mark.parametrize("module, job, front, argv", [
+    ("megatron_masklm.oneshot.checkpoint", "PruneJob", "megatron_masklm.oneshot.checkpoint",
      ["--load", "ckpt", "--method", "magnitude", "--output-mask", "m.npz"]),
-    ("megatron_masklm.evaluation.perplexity", "EvalJob", ["--load", "ckpt", "--text", "t.txt"]),
+    ("megatron_masklm.evaluation.perplexity", "EvalJob", "eval_ppl",
+     ["--load", "ckpt", "--text", "t.txt"]),
 ])
-def test_tool_jobs_are_config_objects_with_the_cli_defaults(module, job, argv):
-    """Pruning and evaluation take a job dataclass from code; the CLI builds the same object,
-    so every flag has a field and each field's default is the flag's default."""
+def test_tool_jobs_are_config_objects_with_the_cli_defaults(module, job, front, argv):
+    """Pruning and evaluation take a job dataclass from code; the CLI (``front``: a tools/ file)
+    builds the same object, so every flag has a field and each field's default is the flag's
+    default."""
     import dataclasses
     import importlib
 
-    mod = importlib.import_module(module)
-    cls = getattr(mod, job)
-    parsed = vars(mod.build_parser().parse_args(argv))
+    from script_modules import tool
+
+    cls = getattr(importlib.import_module(module), job)
+    cli = importlib.import_module(front) if "." in front else tool(front)
+    parsed = vars(cli.build_parser().parse_args(argv))
     assert set(parsed) == {f.name for f in dataclasses.fields(cls)}
-    built = mod.parse_job(argv)
+    built = cli.parse_job(argv)
     assert isinstance(built, cls) and dataclasses.asdict(built) == parsed
     given = {k: v for k, v in parsed.items() if k in {"load", "method", "output_mask", "text"}}
     assert dataclasses.asdict(cls(**given)) == parsed  # from code: the same defaults
