@@ -1,31 +1,29 @@
 """One-shot N:M pruning of a Megatron checkpoint (any TP) or a HF checkpoint: the prior that
 mask training starts from, and the one-shot baselines it is compared with.
 
-    torchrun --nproc-per-node TP -m megatron_masklm.oneshot.checkpoint --load CKPT --method sparsegpt \\
+    torchrun --nproc-per-node TP tools/prune_oneshot.py --load CKPT --method sparsegpt \\
         --calib-text train.txt --output-mask prior.npz
+
+(from code: ``prune_checkpoint(PruneJob(load=..., method="sparsegpt", ...))``).
 
 The checkpoint's weights are read, never written: the result is a mask file (global Megatron
 names, unsharded shapes: what ``--prior-mask`` of training reads), optionally the same masks
 under HF names, and optionally new checkpoints holding the pruned weights (with SparseGPT's
 weight update only when ``--update-weights`` is given). Every rank is one tensor-parallel rank.
 """
-import argparse
 import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from .. import checkpoints as layout
-from .config import METHODS, PruneConfig
-from ..safe_pickle import TRUST_HELP
+from .config import PruneConfig
 
 PRUNING_RECORD = "oneshot_pruning.json"
 """What a pruned checkpoint written here was made with (method, N:M, calibration, update)."""
@@ -33,7 +31,8 @@ PRUNING_RECORD = "oneshot_pruning.json"
 
 @dataclass(kw_only=True)
 class PruneJob:
-    """What :func:`prune_checkpoint` does: the CLI's options, one field each (same names)."""
+    """What :func:`prune_checkpoint` does; tools/prune_oneshot.py's flags are these fields (same
+    names and defaults)."""
 
     load: Optional[str] = None
     """Megatron checkpoint (a converted or training run directory, or a dist checkpoint)."""
@@ -58,58 +57,6 @@ class PruneJob:
     save_hf: Optional[str] = None
     overwrite: bool = False
     no_progress: bool = False
-
-
-def parse_job(argv: Optional[Sequence[str]] = None) -> PruneJob:
-    """The command line (tools/prune_oneshot.py's options) as a :class:`PruneJob`."""
-    return PruneJob(**vars(build_parser().parse_args(argv)))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI flags."""
-    parser = argparse.ArgumentParser(
-        description="One-shot N:M pruning (magnitude, Wanda, SparseGPT) of a Megatron or HF "
-                    "checkpoint; writes the mask as a prior for training.")
-    source = parser.add_argument_group("source (one of)")
-    source.add_argument("--load", help="Megatron checkpoint: a converted or training run "
-                                       "directory, or a dist checkpoint directory")
-    source.add_argument("--hf-checkpoint", help="HF directory or .gguf file (one process; it is "
-                                                "converted to Megatron at TP=1 in a temp dir)")
-    parser.add_argument("--trust-checkpoint", action="store_true", help=f"with --load: {TRUST_HELP}")
-    method = parser.add_argument_group("method")
-    method.add_argument("--method", required=True, choices=METHODS)
-    method.add_argument("--pattern", default="2:4", help="N:M, N kept of every M consecutive inputs")
-    method.add_argument("--percdamp", type=float, default=0.01,
-                        help="SparseGPT Hessian damping, a fraction of its mean diagonal")
-    method.add_argument("--blocksize", type=int, default=128, help="SparseGPT lazy-update block")
-    method.add_argument("--update-weights", action="store_true",
-                        help="SparseGPT: write its reconstructed weights to --save/--save-hf "
-                             "(without it they get the original weights times the mask, "
-                             "as for magnitude and Wanda)")
-    calib = parser.add_argument_group("calibration (Wanda, SparseGPT)")
-    calib.add_argument("--calib-text", help="UTF-8 text file, tokenized whole")
-    calib.add_argument("--calib-data", nargs="+", metavar="PREFIX_OR_WEIGHT",
-                       help="indexed dataset prefix (tools/preprocess_data.py), or a blend "
-                            "'w1 prefix1 w2 prefix2 ...' as training's --data-path: each "
-                            "prefix gives its first windows in proportion to its weight")
-    calib.add_argument("--calib-samples", type=int, default=128, help="windows to use")
-    calib.add_argument("--seq-length", type=int, default=512, help="tokens per window")
-    calib.add_argument("--micro-batch-size", type=int, default=8, help="windows per layer pass")
-    calib.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer", "SentencePieceTokenizer",
-                                                     "NullTokenizer"],
-                       help="default: the tokenizer saved with the checkpoint (NullTokenizer: "
-                            "text of integer ids)")
-    calib.add_argument("--tokenizer-model", help="tokenizer file or directory")
-    out = parser.add_argument_group("outputs")
-    out.add_argument("--output-mask", required=True,
-                     help="mask .npz under global Megatron names (training's --prior-mask)")
-    out.add_argument("--hf-masks", help="also write the masks under HF names "
-                                        "(tools/apply_masks.py reads them)")
-    out.add_argument("--save", help="write a Megatron checkpoint with the pruned weights")
-    out.add_argument("--save-hf", help="write a HF directory with the pruned weights (TP=1)")
-    out.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    out.add_argument("--no-progress", action="store_true")
-    return parser
 
 
 def _check_args(args) -> None:
@@ -321,23 +268,3 @@ def _config_dtype(hf_config: Optional[Dict[str, Any]]) -> Optional[torch.dtype]:
 
     name = str((hf_config or {}).get("dtype") or (hf_config or {}).get("torch_dtype") or "")
     return DTYPES.get(name.replace("torch.", ""))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Parse and run; exit status 1 with a one-line error for bad input, 130 on Ctrl-C."""
-    from ..cli_errors import run_cli
-
-    warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
-    args = parse_job(argv)
-    return run_cli(lambda: _run_cli(args), output=args.output_mask)
-
-
-def _run_cli(args: PruneJob) -> int:
-    summary = prune_checkpoint(args)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, sort_keys=True))
-    return 0
-
-
-if __name__ == "__main__":  # required: the dist-checkpoint writer re-imports __main__
-    sys.exit(main())

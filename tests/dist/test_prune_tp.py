@@ -30,13 +30,14 @@ def _prune_and_train_tp2(*, rank, init_method, checkpoint, calib, out, data):
     from megatron_masklm.mcore import initialize_distributed, masked_linears
     from megatron_masklm.convert.masks import load_global_masks
     from megatron_masklm.mcore.global_masks import global_layer_names
-    from megatron_masklm.oneshot.checkpoint import parse_job, prune_checkpoint
+    from megatron_masklm.oneshot.checkpoint import prune_checkpoint
     from megatron_masklm.training.loop import setup_run
+    from script_modules import tool
 
     initialize_distributed(tensor_model_parallel_size=2, init_method=init_method, seed=7,
                            cuda_to_cpu_mode=True)
     for method in METHODS:
-        prune_checkpoint(parse_job(_argv(checkpoint, calib, out, method)))
+        prune_checkpoint(tool("prune_oneshot").parse_job(_argv(checkpoint, calib, out, method)))
     dist.barrier()
 
     first = {}
@@ -60,8 +61,9 @@ def _prune_and_train_tp2(*, rank, init_method, checkpoint, calib, out, data):
 def test_tp2_equals_tp1_and_the_prior_reaches_training(tmp_path):
     from megatron_masklm.convert import convert_hf_to_megatron, load_megatron_checkpoint
     from megatron_masklm.masking import load_masks_npz
-    from megatron_masklm.oneshot.checkpoint import main
+    from script_modules import tool
 
+    main = tool("prune_oneshot").main
     tiny_llama(tmp_path / "hf", vocab_size=VOCAB, intermediate_size=128, seed=11)
     checkpoint = str(tmp_path / "ckpt")
     convert_hf_to_megatron(str(tmp_path / "hf"), checkpoint, tensor_model_parallel_size=2,

@@ -32,7 +32,7 @@ def _main(tool: str):
     elif tool == "eval_ppl":
         from eval_ppl import main
     elif tool == "prune_oneshot":
-        from megatron_masklm.oneshot.checkpoint import main
+        from prune_oneshot import main
     elif tool == "export_masks":
         from export_masks import main
     else:

@@ -35,8 +35,6 @@ NULL = ("--tokenizer-type", "NullTokenizer")
 def _main(tool: str):
     if tool == "train":
         from megatron_masklm.train import main
-    elif tool == "prune_oneshot":
-        from megatron_masklm.oneshot.checkpoint import main
     else:
         main = __import__(tool).main
     return main

@@ -58,7 +58,7 @@ def test_layout_estimator_and_tool_modules_import_no_megatron():
 
 
 @pytest.mark.parametrize("module, job, front, argv", [
-    ("megatron_masklm.oneshot.checkpoint", "PruneJob", "megatron_masklm.oneshot.checkpoint",
+    ("megatron_masklm.oneshot.checkpoint", "PruneJob", "prune_oneshot",
      ["--load", "ckpt", "--method", "magnitude", "--output-mask", "m.npz"]),
     ("megatron_masklm.evaluation.perplexity", "EvalJob", "eval_ppl",
      ["--load", "ckpt", "--text", "t.txt"]),

@@ -29,9 +29,9 @@ def setup(tmp_path_factory):
 
 
 def _run(argv):
-    from megatron_masklm.oneshot.checkpoint import main
+    from script_modules import tool
 
-    return main([str(a) for a in argv])
+    return tool("prune_oneshot").main([str(a) for a in argv])
 
 
 def _common(root, method, out, *extra):
