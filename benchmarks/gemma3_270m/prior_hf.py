@@ -7,7 +7,8 @@ import sys
 from megatron_masklm.architecture import ModelShape
 from megatron_masklm.convert.megatron_to_hf import to_hf_tensors
 from megatron_masklm.masking import load_masks_npz, save_masks_npz
-from megatron_masklm.training.memory import Setup, layer_masked_linears
+from megatron_masklm.training.memory import Setup
+from megatron_masklm.training.memory_stages import layer_masked_linears
 
 
 def main(checkpoint, prior, output, hf_vocab):

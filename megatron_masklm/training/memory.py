@@ -137,18 +137,22 @@ and README.md reports a peak of 70.7 GiB allocated; ``--model smollm2-135m --bf1
 --micro-batch-size 8 --seq-length 2048 --attention local --global-batch-size 32`` estimates
 71.4 GiB, most of it the local attention's scores. Training now computes that attention with
 torch's fused kernel (``--attention flash`` here).
+
+The per-stage pieces (parameters in Megatron's order, DDP buffers, optimizer shards, one layer's
+activations) are :mod:`megatron_masklm.training.memory_stages`; tools/estimate_memory.py is the
+command line over :func:`shape_and_setup` and :func:`estimate`.
 """
-import argparse
 import dataclasses
-import json
 import math
-import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import families
-from ..architecture import FAMILIES, ModelShape, padded_vocab_size as _padded
-from ..masking.candidates import parse_nm
+from ..architecture import ModelShape, padded_vocab_size
+from ..masking.candidates import parse_nm, validate_nm
+from .memory_stages import (activation_bytes_per_layer, ddp_buffers, layer_masked_linears,
+                            microbatches_in_flight, optimizer_state_bytes, stage_layers,
+                            stage_parameters)
 
 GIB = 1024 ** 3
 
@@ -192,32 +196,10 @@ class Setup:
         return 2 if self.bf16 else 4
 
 
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a pipeline stage, as Megatron registers it (local spec order)."""
-
-    name: str
-    numel: int
-    bytes_per_element: int
-    trainable: bool
-    shared_embedding: bool = False
-
     @property
-    def is_logits(self) -> bool:
-        return self.name.endswith("mask_logits")
-
-
-@dataclass(frozen=True)
-class MaskedLinear:
-    """One masked linear's weight shard on a TP rank: ``rows`` x ``inputs``."""
-
-    name: str
-    rows: int
-    inputs: int
-
-    @property
-    def numel(self) -> int:
-        return self.rows * self.inputs
+    def uses_sequence_parallel(self) -> bool:
+        """Sequence parallelism in effect: asked for and TP > 1 (as the builders have it)."""
+        return self.sequence_parallel and self.tensor_model_parallel_size > 1
 
 
 @dataclass
@@ -272,7 +254,7 @@ class Estimate:
         return {
             "architecture": dataclasses.asdict(self.architecture),
             "setup": {**dataclasses.asdict(setup), "pattern": f"{setup.n}:{setup.m}",
-                      "sequence_parallel": _sequence_parallel(setup)},
+                      "sequence_parallel": setup.uses_sequence_parallel},
             "padded_vocab_size": self.padded_vocab_size,
             "world_size": (setup.tensor_model_parallel_size * setup.pipeline_model_parallel_size
                            * setup.data_parallel_size),
@@ -319,7 +301,7 @@ def check(arch: ModelShape, setup: Setup) -> None:
                          f"{RECOMPUTE_CHOICES}")
     if setup.attention not in ATTENTION_CHOICES:
         raise ValueError(f"attention {setup.attention!r} is not one of {ATTENTION_CHOICES}")
-    parse_nm(f"{setup.n}:{setup.m}")
+    validate_nm(setup.n, setup.m)
     tp, pp, m = setup.tensor_model_parallel_size, setup.pipeline_model_parallel_size, setup.m
     h, f, g = arch.hidden_size, arch.ffn_hidden_size, arch.groups
     heads_width = arch.num_attention_heads * arch.kv_channels
@@ -352,230 +334,17 @@ def _positive(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-# --- what each stage holds ----------------------------------------------------------------------
-
-def padded_vocab_size(vocab_size: int, *, tensor_model_parallel_size: int,
-                      make_vocab_size_divisible_by: int = 128) -> int:
-    """Embedding rows as Megatron-LM pads them: a multiple of divisor x TP."""
-    return _padded(vocab_size, make_vocab_size_divisible_by * tensor_model_parallel_size)
-
-
-def stage_layers(arch: ModelShape, setup: Setup, stage: int) -> range:
-    """The global indices of the transformer layers on pipeline stage ``stage``."""
-    per_stage = arch.num_layers // setup.pipeline_model_parallel_size
-    return range(stage * per_stage, (stage + 1) * per_stage)
-
-
-def layer_masked_linears(arch: ModelShape, setup: Setup) -> List[MaskedLinear]:
-    """One layer's masked linears as shards of one TP rank: column-parallel qkv and fc1 split
-    rows, row-parallel proj and fc2 split inputs."""
-    tp, h, d = setup.tensor_model_parallel_size, arch.hidden_size, arch.head_dim
-    fc1_rows = arch.ffn_hidden_size * (2 if arch.gated_linear_unit else 1)
-    return [
-        MaskedLinear("self_attention.linear_proj", h, arch.num_attention_heads * d // tp),
-        MaskedLinear("self_attention.linear_qkv",
-                     (arch.num_attention_heads + 2 * arch.groups) * d // tp, h),
-        MaskedLinear("mlp.linear_fc1", fc1_rows // tp, h),
-        MaskedLinear("mlp.linear_fc2", h, arch.ffn_hidden_size // tp),
-    ]
-
-
-def stage_parameters(arch: ModelShape, setup: Setup, stage: int) -> List[Param]:
-    """Every parameter of one rank of ``stage``, in Megatron's order (local layer spec)."""
-    tp, pp = setup.tensor_model_parallel_size, setup.pipeline_model_parallel_size
-    h = arch.hidden_size
-    w, bias = setup.weight_bytes, arch.add_bias_linear
-    vocab = padded_vocab_size(arch.vocab_size, tensor_model_parallel_size=tp,
-                              make_vocab_size_divisible_by=setup.make_vocab_size_divisible_by)
-    norm_bias = arch.normalization == "LayerNorm"
-    train = setup.train_weights
-    first, last = stage == 0, stage == pp - 1
-    params: List[Param] = []
-
-    def weight(name, numel, shared=False):
-        params.append(Param(name, numel, w, train, shared))
-
-    def norm(name, width=h):
-        weight(f"{name}.weight", width)
-        if norm_bias:
-            weight(f"{name}.bias", width)
-
-    if first:
-        weight("embedding.word_embeddings.weight", vocab // tp * h,
-               shared=arch.tied_embeddings and pp > 1)
-        if arch.position_embedding_type == "learned_absolute":
-            weight("embedding.position_embeddings.weight", arch.max_position_embeddings * h)
-    linears = {linear.name: linear for linear in layer_masked_linears(arch, setup)}
-    biases = {"self_attention.linear_proj": h, "mlp.linear_fc2": h,  # row-parallel: not split
-              "self_attention.linear_qkv": linears["self_attention.linear_qkv"].rows,
-              "mlp.linear_fc1": linears["mlp.linear_fc1"].rows}
-    for local in range(len(stage_layers(arch, setup, stage))):  # a stage numbers its layers from 0
-        prefix = f"decoder.layers.{local}"
-        for block, names in (("input_layernorm", ("self_attention.linear_proj",
-                                                  "self_attention.linear_qkv")),
-                             ("pre_mlp_layernorm", ("mlp.linear_fc1", "mlp.linear_fc2"))):
-            norm(f"{prefix}.{block}")
-            for name in names:
-                linear = linears[name]
-                weight(f"{prefix}.{name}.weight", linear.numel)
-                if bias or (arch.add_qkv_bias and name == "self_attention.linear_qkv"):
-                    weight(f"{prefix}.{name}.bias", biases[name])
-                params.append(Param(f"{prefix}.{name}.mask_logits",
-                                    linear.numel // setup.m * setup.candidates, 4, True))
-                if arch.post_sublayer_norms and name in ("self_attention.linear_proj",
-                                                         "mlp.linear_fc2"):
-                    norm(f"{prefix}.{name}.post_norm")  # Gemma: the sublayer output's norm
-                if arch.qk_layernorm and name == "self_attention.linear_qkv":
-                    for qk in "qk":  # one norm over a head's width, replicated over TP
-                        norm(f"{prefix}.self_attention.{qk}_layernorm", arch.kv_channels)
-    if last:
-        norm("decoder.final_layernorm")
-        if not arch.tied_embeddings or pp > 1:
-            weight("output_layer.weight", vocab // tp * h, shared=arch.tied_embeddings)
-    return params
-
-
-# --- DDP buffers and the optimizer ----------------------------------------------------------------
-
-@dataclass
-class Bucket:
-    """A contiguous range of a DDP buffer and the parameters laid out in it."""
-
-    start: int
-    end: int
-    params: List[Tuple[Param, int, int]]  # (param, start, end) in buffer elements
-
-
-@dataclass
-class Buffer:
-    """One DDP param-and-grad buffer: the trainable parameters of one dtype."""
-
-    bytes_per_element: int
-    numel: int
-    buckets: List[Bucket]
-
-    @property
-    def param_numel(self) -> int:
-        return sum(p.numel for bucket in self.buckets for p, _, _ in bucket.params)
-
-
-def ddp_buffers(params: Sequence[Param], setup: Setup) -> List[Buffer]:
-    """Lay the trainable parameters out as Megatron's DistributedDataParallel does.
-
-    One buffer per parameter dtype (gradients fp32: the builders reduce in fp32), filled in
-    reverse registration order. The builders leave overlap_grad_reduce off, so there is one
-    bucket per buffer, except that with the distributed optimizer a shared (tied, PP > 1)
-    embedding gets a bucket of its own. With the distributed optimizer each parameter starts at
-    a multiple of 64 elements and each bucket ends at a multiple of lcm(DP, 128).
-    """
-    distributed = setup.use_distributed_optimizer
-    divisor = math.lcm(setup.data_parallel_size, 128)
-
-    def pad(value, multiple):
-        return -(-value // multiple) * multiple if distributed else value
-
-    by_dtype: Dict[int, List[Param]] = {}
-    for param in params:
-        if param.trainable:
-            by_dtype.setdefault(param.bytes_per_element, []).append(param)
-    buffers = []
-    for element_bytes, group in by_dtype.items():
-        buckets: List[Bucket] = []
-        bucket_start, position, current = 0, 0, []
-
-        def close(end):
-            nonlocal bucket_start, current
-            end = pad(end, divisor)
-            buckets.append(Bucket(bucket_start, end, current))
-            bucket_start, current = end, []
-            return end
-
-        for param in reversed(group):
-            position = pad(position, 64)
-            own_bucket = param.shared_embedding and distributed
-            if own_bucket and current:
-                position = close(position)
-            current.append((param, position, position + param.numel))
-            position += param.numel
-            if own_bucket:
-                position = close(position)
-        if current:
-            close(position)
-        buffers.append(Buffer(element_bytes, buckets[-1].end, buckets))
-    return buffers
-
-
-def optimizer_state_bytes(buffers: Sequence[Buffer], setup: Setup, dp_rank: int) -> int:
-    """Adam state of one DP rank: exp_avg and exp_avg_sq (fp32) for every element it updates,
-    plus an fp32 main copy of those that are not fp32."""
-    total = 0
-    for buffer in buffers:
-        per_element = 8 + (4 if buffer.bytes_per_element != 4 else 0)
-        for bucket in buffer.buckets:
-            if setup.use_distributed_optimizer:
-                share = (bucket.end - bucket.start) // setup.data_parallel_size
-                lo = bucket.start + dp_rank * share
-                hi = lo + share
-            else:
-                lo, hi = bucket.start, bucket.end
-            owned = sum(max(0, min(end, hi) - max(start, lo)) for _, start, end in bucket.params)
-            total += owned * per_element
-    return total
-
-
-# --- activations ----------------------------------------------------------------------------------
-
-def _sequence_parallel(setup: Setup) -> bool:
-    return setup.sequence_parallel and setup.tensor_model_parallel_size > 1
-
-
-def activation_bytes_per_layer(arch: ModelShape, setup: Setup) -> int:
-    """Estimate: what one transformer layer keeps for the backward, one micro-batch, no
-    recomputation beyond ``setup.recompute_granularity == "selective"`` (module docstring)."""
-    t, e = setup.tensor_model_parallel_size, setup.weight_bytes
-    sb = setup.seq_length * setup.micro_batch_size
-    h, f, a = arch.hidden_size, arch.ffn_hidden_size, arch.num_attention_heads
-    q, kv = a * arch.kv_channels, arch.groups * arch.kv_channels
-    u = t if _sequence_parallel(setup) else 1
-    norms = 4 * e * sb * h // u  # each norm's input and its linear's input, twice
-    if setup.train_weights and arch.normalization == "RMSNorm":
-        norms += 2 * 4 * sb * h // u  # torch's RMSNorm keeps its fp32 output for the weight grad
-    if arch.post_sublayer_norms:  # the attention and MLP outputs before their norms
-        norms += 2 * e * sb * h // u
-    if arch.qk_layernorm:  # the query and key heads before their norms
-        norms += e * sb * (q + kv) // t
-    if setup.recompute_granularity == "selective":
-        attention = e * sb * (2 * q + 2 * kv) // t
-    elif setup.attention == "flash":
-        attention = e * sb * (2 * q + 2 * kv) // t + 4 * a * sb // t
-    else:
-        softmax = 4 + (e if e != 4 else 0)
-        attention = 4 * e * sb * q // t + softmax * a * setup.seq_length * sb // t
-    mlp = (4 if arch.gated_linear_unit else 2) * e * sb * f // t
-    return norms + attention + mlp
-
-
-def microbatches_in_flight(setup: Setup, stage: int) -> int:
-    """Micro-batches whose activations stage ``stage`` holds at once under 1F1B."""
-    in_flight = setup.pipeline_model_parallel_size - stage
-    if setup.global_batch_size is not None:
-        per_rank = setup.global_batch_size // (setup.micro_batch_size * setup.data_parallel_size)
-        in_flight = min(in_flight, per_rank)
-    return in_flight
-
-
 # --- the estimate ---------------------------------------------------------------------------------
 
 def estimate(arch: ModelShape, setup: Setup, *, gpu_memory_gib: float = 80.0) -> Estimate:
     """The per-GPU breakdown of every pipeline stage."""
     check(arch, setup)
     tp, pp = setup.tensor_model_parallel_size, setup.pipeline_model_parallel_size
-    vocab = padded_vocab_size(arch.vocab_size, tensor_model_parallel_size=tp,
-                              make_vocab_size_divisible_by=setup.make_vocab_size_divisible_by)
+    vocab = padded_vocab_size(arch.vocab_size, setup.make_vocab_size_divisible_by * tp)
     w = e = setup.weight_bytes  # weights and activations share the dtype
     per_group = setup.candidates  # fp32 logits (or softmax values) per group of M weights
     sb = setup.seq_length * setup.micro_batch_size
-    u = tp if _sequence_parallel(setup) else 1
+    u = tp if setup.uses_sequence_parallel else 1
     layer = layer_masked_linears(arch, setup)
     layer_numel = sum(linear.numel for linear in layer)
     largest = max(linear.numel for linear in layer)
@@ -648,7 +417,7 @@ def format_table(result: Estimate) -> str:
         f"       vocabulary {arch.vocab_size} padded to {result.padded_vocab_size}, "
         f"{'tied' if arch.tied_embeddings else 'untied'} embeddings",
         f"parallel: TP {tp} x PP {pp} x DP {dp} = {_plural(tp * pp * dp, 'GPU')}, "
-        f"sequence parallel {'on' if _sequence_parallel(setup) else 'off'}, "
+        f"sequence parallel {'on' if setup.uses_sequence_parallel else 'off'}, "
         f"{'distributed' if setup.use_distributed_optimizer else 'non-distributed'} optimizer",
         f"batch: micro-batch {setup.micro_batch_size} x {setup.seq_length} tokens, "
         f"{'bf16' if setup.bf16 else 'fp32'} weights, recompute {setup.recompute_granularity}, "
@@ -688,11 +457,16 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("h") else "s")
 
 
-# --- command line ---------------------------------------------------------------------------------
+# --- settings from options ------------------------------------------------------------------------
 
 ARCH_KEYS = tuple(f.name for f in dataclasses.fields(ModelShape))
 SETUP_KEYS = tuple(f.name for f in dataclasses.fields(Setup))
 YAML_ALIASES = {"model_family": "family", "hard": "hard_sampling"}
+# The estimator reads training's --config files with training's reader (yamlfile.read_flat_yaml)
+# but not through training.arguments.load_yaml_options: that module imports training.config,
+# which reaches megatron through mcore, and the estimator imports no megatron
+# (tests/unit/test_layers.py); the keys differ too (Setup's hard_sampling is training's hard,
+# and "none", not null, is no recomputation here).
 
 
 def load_yaml(path: str) -> Dict[str, Any]:
@@ -709,81 +483,11 @@ def load_yaml(path: str) -> Dict[str, Any]:
     return options
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI flags: Megatron-LM's names, as the training CLI uses them."""
-    parser = argparse.ArgumentParser(
-        prog="estimate_memory.py",
-        description="Estimate the GPU memory of MaskLLM mask training (per GPU, per pipeline "
-                    "stage): frozen weights, mask logits, gradient buffers, optimizer states, "
-                    "saved mask tensors (exact) and activations (an estimate).",
-        epilog="Precedence: --model preset < --config YAML < flags. Worked examples: LLaMA-2 "
-               "7B and 13B at TP 8, DP 8, bf16, micro-batch 1 x 4096, sequence parallel (the "
-               "paper's 64 A100-80GB) need about 20.6 and 39.1 GiB per GPU: both fit. The "
-               "commands, their full output and every formula: megatron_masklm/training/memory.py.",
-        argument_default=argparse.SUPPRESS)
-    source = parser.add_argument_group("model")
-    source.add_argument("--model", choices=sorted(PRESETS), help="a preset shape")
-    source.add_argument("--config", help="training YAML (examples/configs/*.yaml keys)")
-    source.add_argument("--model-family", dest="family", choices=FAMILIES)
-    for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                 "num_query_groups", "kv_channels", "max_position_embeddings"):
-        source.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
-    for name in ("gated_linear_unit", "add_bias_linear", "add_qkv_bias", "qk_layernorm"):
-        source.add_argument("--" + name.replace("_", "-"), dest=name,
-                            action=argparse.BooleanOptionalAction,
-                            help="default: the family's")
-    source.add_argument("--vocab-size", dest="vocab_size", type=int,
-                        help="the tokenizer's vocabulary (padded as Megatron-LM pads it)")
-    source.add_argument("--tied-embeddings", dest="tied_embeddings",
-                        action=argparse.BooleanOptionalAction)
-    source.add_argument("--make-vocab-size-divisible-by", dest="make_vocab_size_divisible_by",
-                        type=int, help="pad the vocabulary to a multiple of this x TP "
-                                       "(default 128; 1 leaves --vocab-size as it is)")
-    par = parser.add_argument_group("parallelism")
-    par.add_argument("--tensor-model-parallel-size", "--tp", dest="tensor_model_parallel_size",
-                     type=int, help="default 1")
-    par.add_argument("--pipeline-model-parallel-size", "--pp",
-                     dest="pipeline_model_parallel_size", type=int, help="default 1")
-    par.add_argument("--data-parallel-size", "--dp", dest="data_parallel_size", type=int,
-                     help="default 1")
-    par.add_argument("--sequence-parallel", dest="sequence_parallel",
-                     action=argparse.BooleanOptionalAction, help="needs TP > 1 (default off)")
-    par.add_argument("--use-distributed-optimizer", dest="use_distributed_optimizer",
-                     action=argparse.BooleanOptionalAction,
-                     help="shard Adam state over DP (default on, as training)")
-    par.add_argument("--recompute-granularity", dest="recompute_granularity",
-                     choices=RECOMPUTE_CHOICES, help="activation recomputation (default none)")
-    run = parser.add_argument_group("training")
-    run.add_argument("--pattern", help="N:M (default 2:4)")
-    run.add_argument("--bf16", dest="bf16", action=argparse.BooleanOptionalAction,
-                     help="bf16 weights and activations (default fp32)")
-    run.add_argument("--micro-batch-size", dest="micro_batch_size", type=int, help="default 1")
-    run.add_argument("--seq-length", dest="seq_length", type=int, help="default 4096")
-    run.add_argument("--global-batch-size", dest="global_batch_size", type=int,
-                     help="bounds the micro-batches a pipeline stage holds (default: >= PP)")
-    run.add_argument("--train-weights", dest="train_weights", action=argparse.BooleanOptionalAction,
-                     help="joint training: weights get gradients and Adam state too")
-    run.add_argument("--hard-sampling", dest="hard_sampling",
-                     action=argparse.BooleanOptionalAction, help="straight-through hard masks")
-    run.add_argument("--attention", dest="attention", choices=ATTENTION_CHOICES,
-                     help="flash: Transformer Engine's fused attention (default); local: "
-                          "Megatron's unfused local spec (CPU, no TE), which keeps the scores")
-    out = parser.add_argument_group("output")
-    out.add_argument("--gpu-memory-gib", dest="gpu_memory_gib", type=float,
-                     help="memory of one GPU, for the verdict (default 80)")
-    out.add_argument("--json", dest="json", action="store_true", help="print JSON instead")
-    return parser
-
-
-def resolve(args: Dict[str, Any]) -> Tuple[ModelShape, Setup]:
-    """ModelShape and Setup from parsed flags (preset < YAML < flags)."""
-    options: Dict[str, Any] = {}
-    if args.get("model"):
-        options.update(PRESET_OPTIONS[args["model"]])
-    if args.get("config"):
-        options.update(load_yaml(args["config"]))
-    options.update({key: value for key, value in args.items()
-                    if key not in ("model", "config", "json", "gpu_memory_gib")})
+def shape_and_setup(options: Dict[str, Any]) -> Tuple[ModelShape, Setup]:
+    """ModelShape and Setup from flat options (their field names, plus ``pattern`` "N:M" for
+    ``n`` and ``m``): a preset's :data:`PRESET_OPTIONS`, a :func:`load_yaml`, flags, merged in
+    the caller's order of precedence. Options of neither are ignored."""
+    options = dict(options)
     pattern = options.pop("pattern", None)
     if pattern is not None:
         options["n"], options["m"] = parse_nm(str(pattern))
@@ -795,23 +499,3 @@ def resolve(args: Dict[str, Any]) -> Tuple[ModelShape, Setup]:
     arch = ModelShape(**{k: v for k, v in options.items() if k in ARCH_KEYS})
     setup = Setup(**{k: v for k, v in options.items() if k in SETUP_KEYS})
     return arch, setup
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI; exit status 1 with a one-line error for a setting that cannot work."""
-    args = vars(build_parser().parse_args(argv))
-    try:
-        arch, setup = resolve(args)
-        result = estimate(arch, setup, gpu_memory_gib=args.get("gpu_memory_gib", 80.0))
-    except (TypeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if args.get("json"):
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(format_table(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

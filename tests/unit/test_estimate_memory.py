@@ -22,9 +22,10 @@ import sys
 import pytest
 
 from megatron_masklm.training import memory
-from megatron_masklm.architecture import ModelShape
+from megatron_masklm.architecture import ModelShape, padded_vocab_size
 from megatron_masklm.training.memory import Setup, estimate
 from megatron_masklm.training.state_bytes import training_state_bytes
+from script_modules import tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "estimate_memory.py")
@@ -79,9 +80,8 @@ def case_setup(setup: Setup, **overrides) -> Setup:
 
 def run_options(arch: ModelShape, setup: Setup) -> dict:
     """Training options (what the CLI / YAML would give) for ``arch`` trained with ``setup``."""
-    vocab = memory.padded_vocab_size(
-        arch.vocab_size, tensor_model_parallel_size=setup.tensor_model_parallel_size,
-        make_vocab_size_divisible_by=setup.make_vocab_size_divisible_by)
+    vocab = padded_vocab_size(
+        arch.vocab_size, setup.make_vocab_size_divisible_by * setup.tensor_model_parallel_size)
     global_batch = setup.global_batch_size or setup.micro_batch_size * setup.data_parallel_size
     return dict(
         family=arch.family, num_layers=arch.num_layers, hidden_size=arch.hidden_size,
@@ -340,7 +340,7 @@ def test_other_patterns_use_their_candidate_count():
 # --- the CLI ------------------------------------------------------------------------------------
 
 def run_cli(capsys, *argv):
-    code = memory.main(list(argv))
+    code = tool("estimate_memory").main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -429,7 +429,7 @@ def test_cli_bad_input_is_a_one_line_error(capsys, argv, message):
 def test_cli_usage_errors_exit_2(capsys):
     for argv in (["--model", "llama3-8b"], ["--recompute-granularity", "some"], ["--tp", "x"]):
         with pytest.raises(SystemExit) as exit_info:
-            memory.main(argv)
+            tool("estimate_memory").main(argv)
         assert exit_info.value.code == 2
     capsys.readouterr()
 
@@ -449,14 +449,15 @@ def test_tool_script_exit_codes_and_no_megatron_import(tmp_path):
     assert "fits in 80 GiB" in done.stdout
     bad = run(TOOL, "--model", "smollm2-135m", "--tensor-model-parallel-size", "2")
     assert bad.returncode == 1 and bad.stderr.startswith("error: num_query_groups 3")
-    probe = run("-c", "import sys; from megatron_masklm.training.memory import main; "
+    probe = run("-c", f"import sys; sys.path.insert(0, {os.path.dirname(TOOL)!r}); "
+                      "from estimate_memory import main; "
                       "main(['--model', 'llama2-13b', '--json']); "
                       "print(any(m.split('.')[0] == 'megatron' for m in sys.modules))")
     assert probe.returncode == 0 and probe.stdout.split()[-1] == "False"
 
 
 def test_help_lists_the_options_and_points_to_the_examples():
-    text = memory.build_parser().format_help()
+    text = tool("estimate_memory").build_parser().format_help()
     for flag in ("--tensor-model-parallel-size", "--data-parallel-size", "--train-weights",
                  "--recompute-granularity", "--config", "--json", "llama2-13b"):
         assert flag in text

@@ -26,7 +26,8 @@ LAYERS = (  # lowest first
 )
 NO_MEGATRON = ("masking", "hf", "architecture", "checkpoints", "cli_errors", "cpu", "families",
                "fileio", "safe_pickle", "yamlfile", TOP, "oneshot.config", "oneshot.pruning",
-               "oneshot.statistics", "training.memory", "training.distillation")
+               "oneshot.statistics", "training.memory", "training.memory_stages",
+               "training.distillation")
 """Components (all their modules) and modules that import no megatron nor Transformer Engine,
 not even late or through another module of the package (their docstrings say so)."""
 OUTSIDE = ("tools", "benchmarks", "tests", "examples")
