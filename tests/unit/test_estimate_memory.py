@@ -24,8 +24,7 @@ import pytest
 from megatron_masklm.training import memory
 from megatron_masklm.architecture import ModelShape, padded_vocab_size
 from megatron_masklm.training.memory import Setup, estimate
-from megatron_masklm.training.state_bytes import training_state_bytes
-from script_modules import tool
+from script_modules import benchmark, tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "estimate_memory.py")
@@ -144,6 +143,8 @@ def measure_memory(*, rank, init_method, cases):
     from megatron_masklm.training.arguments import run_config_from_options
     from megatron_masklm.training.loop import setup_run, train_step
 
+    # the counting benchmarks/smollm2_cpu/measure.py reports for the SmolLM2 benchmark
+    training_state_bytes = benchmark("smollm2_cpu.measure").training_state_bytes
     results = {}
     for name, options in cases:
         initialize_distributed(tensor_model_parallel_size=options["tensor_model_parallel_size"],
