@@ -186,7 +186,7 @@ def main(argv=None) -> int:
                  f"{summary['train']['peak_memory_bytes'] / 2**30:.1f} GiB")
     if not args.skip_sparse_bench:
         summary["sparse_model"] = sparse_bench(run_dir, work, run)
-        from megatron_masklm.hf.sparse_bench import format_model_table
+        from sparse_speed import format_model_table  # benchmarks/, on the path for benchlib
 
         lines.append(format_model_table(summary["sparse_model"]["model"]))
     summary["wall_s"] = round(time.perf_counter() - started, 1)

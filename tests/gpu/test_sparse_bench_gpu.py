@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_masklm.hf import sparse_bench as sb
+from script_modules import benchmark
+
+sb = benchmark("sparse_speed")
 
 pytestmark = pytest.mark.gpu
 

@@ -1,5 +1,6 @@
-"""tools/bench_sparse.py's CPU side: shapes, padding, arguments, the refusal without a capable
-GPU, and which linears of a HF LLaMA get swapped (the kernels themselves: tests/gpu)."""
+"""tools/bench_sparse.py (and benchmarks/sparse_speed.py, its measurements) on the CPU: shapes,
+padding, arguments, the refusal without a capable GPU, and which linears of a HF LLaMA get
+swapped (the kernels themselves: tests/gpu)."""
 import os
 import subprocess
 import sys
@@ -8,8 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_masklm.hf import sparse_bench as sb
 from megatron_masklm.masking.nm import is_exact_nm
+from script_modules import benchmark, tool
+
+sb = benchmark("sparse_speed")
+cli = tool("bench_sparse")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -137,16 +141,16 @@ def test_apply_replaces_only_the_named_modules(monkeypatch):
 
 
 def test_arguments():
-    args = sb.parse_args([])
+    args = cli.parse_args([])
     assert args.models == ["7b", "13b"] and args.prefill == [512, 1024, 2048, 4096, 8192]
     assert args.decode == [1, 2, 4, 8, 16, 32] and args.backend == "auto" and not args.json
-    args = sb.parse_args(["--models", "13B", "--prefill", "512,2048", "--decode", "1,16",
+    args = cli.parse_args(["--models", "13B", "--prefill", "512,2048", "--decode", "1,16",
                           "--backend", "cutlass", "--json", "--repeats", "5"])
     assert (args.models, args.prefill, args.decode, args.repeats) == (["13b"], [512, 2048], [1, 16], 5)
     for bad in (["--models", "70b"], ["--prefill", "512,x"], ["--decode", "0"],
                 ["--no-gemm"], ["--repeats", "0"], ["--backend", "cublas"]):
         with pytest.raises(SystemExit) as exit_info:
-            sb.parse_args(bad)
+            cli.parse_args(bad)
         assert exit_info.value.code == 2
 
 
@@ -169,11 +173,11 @@ def _fake_gpu(monkeypatch, capability):
 
 def test_refuses_without_a_capable_gpu(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert sb.main(["--models", "7b"]) == 2
+    assert cli.main(["--models", "7b"]) == 2
     err = capsys.readouterr().err
     assert "CUDA GPU with compute capability >= 8.0" in err and "no CUDA device" in err
     _fake_gpu(monkeypatch, (7, 5))
-    assert sb.main([]) == 2
+    assert cli.main([]) == 2
     assert "Tesla T4 has compute capability 7.5" in capsys.readouterr().err
 
 

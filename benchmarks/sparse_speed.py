@@ -1,4 +1,6 @@
-"""Dense vs 2:4 semi-structured sparse inference time on one CUDA GPU, bf16 (tools/bench_sparse.py).
+"""Dense vs 2:4 semi-structured sparse inference time on one CUDA GPU, bf16: the benchmark
+behind tools/bench_sparse.py (its command line), kept out of the megatron_masklm package, which
+trains and exports the masks this measures.
 
 Two measurements, each reported as dense time / sparse time (above 1: the sparse one is faster):
 
@@ -26,21 +28,18 @@ not depend on whether the installed torch pads for it.
 Timing: CUDA events around each call (per-call set-up such as a fresh KV cache outside them),
 warm-up calls first, the median of the repeats.
 """
-import argparse
 import contextlib
 import inspect
-import json
 import statistics
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .. import families
-from .masks import is_masked_weight
-from ..masking.nm import nm_violations
+from megatron_masklm import families
+from megatron_masklm.hf.masks import is_masked_weight
+from megatron_masklm.masking.nm import nm_violations
 
 MIN_COMPUTE_CAPABILITY = (8, 0)
 PREFILL_TOKENS = (512, 1024, 2048, 4096, 8192)
@@ -423,66 +422,34 @@ def format_model_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- CLI
-def _sizes(text: str) -> List[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: every size must be >= 1")
-    return values
+# ----------------------------------------------------------------------------- the run
+@dataclass(kw_only=True)
+class SparseBench:
+    """What :func:`run` measures; tools/bench_sparse.py's flags are these fields (same names and
+    defaults), less its outputs (--json, --output)."""
+
+    models: List[str] = field(default_factory=lambda: list(LLAMA2))
+    """LLaMA-2 shapes for the GEMMs ("7b", "13b")."""
+    prefill: List[int] = field(default_factory=lambda: list(PREFILL_TOKENS))
+    decode: List[int] = field(default_factory=lambda: list(DECODE_TOKENS))
+    """Decode token counts: batch sizes of one step."""
+    no_gemm: bool = False
+    """Skip the GEMMs (the model only)."""
+    hf_dir: Optional[str] = None
+    """A HF LLaMA directory with 2:4 decoder linears: also time it dense vs semi-structured."""
+    context: int = 128
+    """KV-cache length before the timed decode step."""
+    backend: str = "auto"
+    warmup: int = 10
+    repeats: int = 50
+    """Timed GEMM calls."""
+    model_repeats: int = 10
+    """Timed model calls (after up to 3 warm-ups)."""
 
 
-def _models(text: str) -> List[str]:
-    values = [v.strip().lower() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in LLAMA2]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown model(s) {bad}: choose from {sorted(LLAMA2)}")
-    return values
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Dense vs 2:4 semi-structured sparse GEMM and model time (bf16, one CUDA GPU "
-                    "with compute capability >= 8.0); prints dense time / sparse time.",
-        epilog="Decode sizes are padded with zero rows to the kernel's token multiple (8 for "
-               "bf16); see megatron_masklm/hf/sparse_bench.py.")
-    parser.add_argument("--models", type=_models, default=list(LLAMA2),
-                        help="LLaMA-2 shapes for the GEMMs (default: 7b,13b)")
-    parser.add_argument("--prefill", type=_sizes, default=list(PREFILL_TOKENS),
-                        help="prefill token counts (default: 512,1024,2048,4096,8192)")
-    parser.add_argument("--decode", type=_sizes, default=list(DECODE_TOKENS),
-                        help="decode token counts / batch sizes (default: 1,2,4,8,16,32)")
-    parser.add_argument("--no-gemm", action="store_true", help="skip the GEMMs (model only)")
-    parser.add_argument("--hf-dir", help="a HF LLaMA directory with 2:4 decoder linears: also "
-                                         "time the model dense vs semi-structured")
-    parser.add_argument("--context", type=int, default=128,
-                        help="KV-cache length before the timed decode step (default 128)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="auto: cuSPARSELt when torch has it, else CUTLASS")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed calls first (default 10)")
-    parser.add_argument("--repeats", type=int, default=50, help="timed GEMM calls (default 50)")
-    parser.add_argument("--model-repeats", type=int, default=10,
-                        help="timed model calls (default 10; 3 warm-ups)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
-    parser.add_argument("--output", help="also write the JSON result to this file")
-    return parser
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.no_gemm and not args.hf_dir:
-        parser.error("--no-gemm leaves nothing to measure without --hf-dir")
-    for name in ("warmup", "repeats", "model_repeats", "context"):
-        if getattr(args, name) < (0 if name == "warmup" else 1):
-            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is too small")
-    return args
-
-
-def run(args: argparse.Namespace) -> dict:
-    """Every measurement ``args`` asks for (on the GPU); returns the JSON-able result."""
+def run(args: SparseBench) -> dict:
+    """Every measurement ``args`` asks for (on the GPU); returns the JSON-able result. Raises
+    :class:`SparseBenchError` without a capable GPU (the tool's exit status 2)."""
     device = require_sparse_gpu()
     backend = resolve_backend(args.backend)
     constraints = backend_constraints(backend)
@@ -501,41 +468,3 @@ def run(args: argparse.Namespace) -> dict:
                                       context=args.context, backend=backend,
                                       warmup=min(args.warmup, 3), repeats=args.model_repeats)
     return result
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI: exit status 2 without a capable GPU, 1 with a one-line error for bad input
-    (``cli_errors.run_cli``), 130 on Ctrl-C."""
-    from ..cli_errors import run_cli
-
-    args = parse_args(argv)
-    return run_cli(lambda: _run_cli(args), output=args.output)
-
-
-def _run_cli(args) -> int:
-    from ..fileio import atomic_write_text, check_writable
-
-    if args.output:
-        check_writable(args.output)  # before the benchmark, not after it
-    try:
-        result = run(args)
-    except SparseBenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.output:
-        atomic_write_text(args.output, json.dumps(result, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(result["device"])
-    if "gemm" in result:
-        print(format_gemm_table(result["gemm"], backend=result["backend"]))
-        worst = max(r["max_rel_err"] for r in result["gemm"])
-        print(f"sparse vs dense output, largest |error| / max |output|: {worst:.2g}")
-    if "model" in result:
-        print(format_model_table(result["model"]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
