@@ -386,3 +386,25 @@ def test_committed_mix_protocol_scores_of_the_full_mask_follow_from_their_rows(b
             (sparsegpt - rows[LEARNED_DISTILLED, eval_set]) / (sparsegpt - dense))
     assert rows[LEARNED_DISTILLED, "wiki"] == pytest.approx(25.48, abs=0.005)  # full/'s number
     assert bench.exact_nm(os.path.join(folder, "sparsegpt_prior_mix_hf_masks.npz"))
+
+
+def test_committed_mix_mask_is_ahead_of_sparsegpt_on_every_set(bench):
+    """mix/results.json backs the mix-trained mask's numbers in the READMEs (issue 28's first
+    lever): the gap per set recomputed from the rows, the mask ahead of SparseGPT with updated
+    weights on Wikipedia EVAL and on both out-of-domain sets, and the committed file exactly
+    2:4."""
+    folder = os.path.join(ROOT, "benchmarks", "smollm2_cpu", "mix")
+    with open(os.path.join(folder, "results.json")) as handle:
+        result = json.load(handle)
+    assert result["preset"] == "mix" and result["eval_sets"] == ["wiki", *bench.OOD_EVAL]
+    assert result["train_mix"] == [list(item) for item in bench.MIX]
+    rows = {(m["method"], m["eval_set"]): m for m in result["methods"]}
+    for eval_set in result["eval_sets"]:
+        dense, sparsegpt, learned = (rows[name, eval_set]["eval_ppl"] for name in (
+            "dense (dequantised Q4_1)", "SparseGPT, updated weights", LEARNED_DISTILLED))
+        key = "gap_closed_vs_sparsegpt" + ("" if eval_set == "wiki" else f"@{eval_set}")
+        assert result[key] == pytest.approx((sparsegpt - learned) / (sparsegpt - dense))
+        assert learned < sparsegpt
+        assert rows[LEARNED_DISTILLED, eval_set]["train_tokens"] == 204_800
+    assert rows[LEARNED_DISTILLED, "wiki"]["eval_ppl"] == pytest.approx(31.61, abs=0.005)
+    assert bench.exact_nm(os.path.join(folder, "masks.idx.npz"))
