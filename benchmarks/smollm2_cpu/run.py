@@ -42,14 +42,41 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "oneshot_smollm2"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "gemma3_270m"))
 from benchlib import REPO, benchmark_env, results_table, run_json  # noqa: E402
 import corpora  # noqa: E402
 from megatron_masklm.cpu import native_bf16, slow_bf16_note  # noqa: E402
 from assets import EXPECTED_EVAL_WINDOWS  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Model:
+    """What differs between the benchmark's real models. The recipe (PRESETS) does not: the
+    same preset trains either, scaled only by ``--train-iters``."""
+
+    name: str
+    title: str
+    dense_label: str
+    decoder_linears: int
+    """The masked linears (7 per layer): a mask file must hold each, exactly N:M."""
+    bos: bool
+    """Every evaluation window starts with the BOS token (Gemma is scored with it)."""
+    tp_sizes: tuple
+    """The tensor-parallel sizes its key/value heads allow."""
+
+
+MODELS = {
+    "smollm2": Model("smollm2", "SmolLM2-135M", "dense (dequantised Q4_1)", 210, False, (1, 3)),
+    # 18 layers; one key/value head, so TP 1; 262,144-token vocabulary (the output layer is most
+    # of a CPU step and of an evaluation: about 10 min per set of 210 windows on 2 cores)
+    "gemma3_270m": Model("gemma3_270m", "Gemma 3 270M", "dense (dequantised Q4_K_M)", 126, True,
+                         (1,)),
+}
 
 PRESETS = {
     # The recipe of the README's numbers and of the committed mask in full/: the quick preset's
@@ -128,7 +155,13 @@ class Pipeline:
 
     def __init__(self, args):
         self.args = args
+        self.model = MODELS[getattr(args, "model", "smollm2")]
+        if args.tp not in self.model.tp_sizes:
+            raise SystemExit(f"--tp {args.tp}: {self.model.title}'s key/value heads allow "
+                             f"{' or '.join(map(str, self.model.tp_sizes))}")
         self.settings = dict(PRESETS[args.preset])
+        if self.model.name != "smollm2":  # "committed": SmolLM2's headline mask, scored beside
+            self.settings.pop("committed", None)
         for key in ("train_iters", "calib_samples", "eval_windows", "lr", "min_lr"):
             if getattr(args, key) is not None:
                 self.settings[key] = getattr(args, key)
@@ -175,16 +208,31 @@ class Pipeline:
 
     # ------------------------------------------------------------------------- steps
     def assets(self) -> dict:
-        from assets import prepare
+        """The model and the Wikipedia TRAIN/EVAL text. SmolLM2: its GGUF dequantised to an HF
+        directory. Gemma 3: its GGUF, converted by the next step (to Megatron, then to HF)."""
+        if self.model.name == "smollm2":
+            from assets import prepare
 
-        return prepare(self.workdir)
+            return prepare(self.workdir)
+        from assets import _write_text, ensure_packages, split_texts
+        from gguf import fetch
+
+        texts = dict(train_txt=self.path("train.txt"), eval_txt=self.path("eval.txt"))
+        for path, text in zip(texts.values(), split_texts(ensure_packages(self.workdir)[1])):
+            _write_text(path, text)
+        return dict(texts, gguf=fetch(self.path("assets")), hf_dir=self.path("hf"))
 
     def convert_and_tokenize(self, assets: dict) -> dict:
         def convert():
+            source = assets.get("gguf") or assets["hf_dir"]
             result = self.run("convert", self.tool(
-                "convert_hf_to_megatron.py", "--load-dir", assets["hf_dir"], "--save-dir",
+                "convert_hf_to_megatron.py", "--load-dir", source, "--save-dir",
                 self.megatron, "--target-tensor-parallel-size", self.args.tp, "--dtype", "float32",
                 "--overwrite", "--no-progress"))
+            if assets.get("gguf"):  # the dense HF model every mask is scored on
+                self.run("convert_to_hf", self.tool(
+                    "convert_megatron_to_hf.py", "--load-dir", self.megatron, "--save-dir",
+                    assets["hf_dir"], "--dtype", "float32", "--overwrite"))
             for split, text in (("train", assets["train_txt"]), ("eval", assets["eval_txt"])):
                 self.tokenize(split, text)
             return {"convert_wall_s": result["wall_s"]}
@@ -323,6 +371,8 @@ class Pipeline:
                 None if eval_set == WIKI else EXPECTED_EVAL_WINDOWS)
             if windows:
                 args += ["--max-windows", windows]
+            if self.model.bos:
+                args += ["--bos"]
             return self.run(f"eval_{step}", self.tool("eval_ppl.py", *args,
                                                       ranks=1 if hf_dir else self.args.tp))
 
@@ -375,11 +425,12 @@ def learned_eval_name(folder: str) -> str:
     return "learned_" + os.path.basename(os.path.normpath(folder))
 
 
-def exact_nm(mask_file: str) -> bool:
+def exact_nm(mask_file: str, linears: int = MODELS["smollm2"].decoder_linears) -> bool:
+    """Every one of the model's ``linears`` masked linears is in ``mask_file``, exactly 2:4."""
     from megatron_masklm.hf import verify_nm_path
 
     report = verify_nm_path(mask_file, pattern=PATTERN)
-    return report.ok and len(report.params) == 210
+    return report.ok and len(report.params) == linears
 
 
 def plot(curves, rows, path: str, title: str) -> None:
@@ -416,8 +467,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="/tmp/smollm2_cpu")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--model", choices=sorted(MODELS), default="smollm2",
+                        help="the real model (default smollm2); gemma3_270m: Gemma 3 270M base "
+                             "from its Q4_K_M GGUF, every window scored with BOS")
     parser.add_argument("--tp", type=int, default=1, choices=(1, 3),
-                        help="tensor parallel size (SmolLM2's 3 KV heads allow 1 or 3)")
+                        help="tensor parallel size (SmolLM2's 3 KV heads allow 1 or 3, Gemma 3 "
+                             "270M's one only 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     parser.add_argument("--train-iters", type=int)
     parser.add_argument("--lr", type=float)
@@ -428,6 +483,9 @@ def main(argv=None) -> None:
                         help="the one-shot baselines to run (default: the preset's; SparseGPT, "
                              "the prior, is always run)")
     parser.add_argument("--skip-measure", action="store_true")
+    parser.add_argument("--skip-prior-eval", action="store_true",
+                        help="leave out the SparseGPT prior's row (its mask on the original "
+                             "weights): one evaluation fewer per set, ~10 min each on Gemma 3")
     parser.add_argument("--ablate-distill", action="store_true",
                         help="also train the same recipe without distillation (LM loss only) and "
                              "draw both validation curves on one plot")
@@ -492,15 +550,16 @@ def main(argv=None) -> None:
                               mask=plain["masks"], wall_s=plain["train_seconds"],
                               tokens=plain["tokens"]))
 
-    baselines = [dict(method="dense (dequantised Q4_1)", name="dense",
+    baselines = [dict(method=pipe.model.dense_label, name="dense",
                       kwargs=dict(hf_dir=assets["hf_dir"]), exact=None)]
     names = {"magnitude": "magnitude", "wanda": "Wanda",
              "sparsegpt": "SparseGPT mask, original weights (the prior)"}
     for method, result in pruned.items():
         masks = pipe.path("oneshot", method, "hf_masks.npz")
-        baselines.append(dict(method=names[method], name=method, mask=masks,
-                              kwargs=dict(hf_dir=assets["hf_dir"], masks=masks),
-                              wall_s=result["total_seconds"]))
+        if not (method == "sparsegpt" and args.skip_prior_eval):
+            baselines.append(dict(method=names[method], name=method, mask=masks,
+                                  kwargs=dict(hf_dir=assets["hf_dir"], masks=masks),
+                                  wall_s=result["total_seconds"]))
         if method == "sparsegpt":
             baselines.append(dict(method="SparseGPT, updated weights", name="sparsegpt_updated",
                                   kwargs=dict(load=pipe.path("oneshot", "sparsegpt", "updated")),
@@ -515,7 +574,8 @@ def main(argv=None) -> None:
             results[spec["name"], eval_set] = (
                 learned[eval_set] if learned and spec["method"] == label else
                 pipe.evaluate(spec["name"], assets=assets, **spec["kwargs"], **_on(eval_set)))
-    masks_exact = {spec["name"]: exact_nm(spec["mask"]) for spec in specs if "mask" in spec}
+    masks_exact = {spec["name"]: exact_nm(spec["mask"], pipe.model.decoder_linears)
+                   for spec in specs if "mask" in spec}
     tables = {}
     for eval_set in pipe.eval_sets:
         rows = []
@@ -535,7 +595,7 @@ def main(argv=None) -> None:
 
     settings = dict(s, committed=_shown(s["committed"])) if s.get("committed") else s
     first = learned[WIKI]
-    summary = {"preset": args.preset, "settings": settings, "tp": args.tp, "threads": args.threads,
+    summary = {"model": pipe.model.name, "preset": args.preset, "settings": settings, "tp": args.tp, "threads": args.threads,
                "learned_from": os.path.relpath(args.learned, REPO) if args.learned else None,
                "eval_windows": first["windows"], "eval_scored_tokens": first["scored_tokens"],
                "eval_sets": list(pipe.eval_sets),
@@ -580,7 +640,7 @@ def main(argv=None) -> None:
     curves = {label: records}
     if plain:
         curves["MaskLLM, LM loss only (same recipe and tokens)"] = read_log(pipe.path("lm_only"))
-    plot(curves, rows, pipe.path("val_ppl.png"), f"SmolLM2-135M, 2:4, {args.preset} preset")
+    plot(curves, rows, pipe.path("val_ppl.png"), f"{pipe.model.title}, 2:4, {args.preset} preset")
     print(f"wrote {pipe.path('results.md')}, results.json and val_ppl.png")
 
 

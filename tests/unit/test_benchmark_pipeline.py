@@ -24,7 +24,7 @@ def _args(tmp_path, **overrides):
     values = dict(workdir=str(tmp_path), preset="quick", tp=1, threads=2, train_iters=None,
                   lr=None, min_lr=None, calib_samples=None, eval_windows=None,
                   skip_measure=False, fresh=False, stop_after=None, ablate_distill=False,
-                  learned=None)
+                  learned=None, model="smollm2", skip_prior_eval=False)
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -169,7 +169,7 @@ def _stub_pipeline(bench, monkeypatch, stubs):
     for name, stub in stubs.items():
         monkeypatch.setattr(bench.Pipeline, name, stub)
     monkeypatch.setattr(bench, "read_log", lambda run_dir: [])
-    monkeypatch.setattr(bench, "exact_nm", lambda path: True)
+    monkeypatch.setattr(bench, "exact_nm", lambda path, linears=210: True)
     monkeypatch.setattr(bench, "plot", lambda *args, **kwargs: None)
 
 
@@ -408,3 +408,63 @@ def test_committed_mix_mask_is_ahead_of_sparsegpt_on_every_set(bench):
         assert rows[LEARNED_DISTILLED, eval_set]["train_tokens"] == 204_800
     assert rows[LEARNED_DISTILLED, "wiki"]["eval_ppl"] == pytest.approx(31.61, abs=0.005)
     assert bench.exact_nm(os.path.join(folder, "masks.idx.npz"))
+
+
+def test_gemma_takes_the_same_recipe_scores_with_bos_and_converts_its_gguf_twice(
+        bench, tmp_path, monkeypatch):
+    """--model gemma3_270m: the preset's recipe unchanged (no SmolLM2 headline mask beside it),
+    every evaluation window with BOS, the GGUF converted to Megatron and that to the HF model the
+    masks are scored on; TP 3 (SmolLM2's other size) refused; a mask must hold its 126 linears."""
+    pipe = bench.Pipeline(_args(tmp_path, preset="mix", model="gemma3_270m"))
+    smol = bench.Pipeline(_args(tmp_path / "s", preset="mix"))
+    assert {k: v for k, v in smol.settings.items() if k != "committed"} == pipe.settings
+    assert pipe.model.decoder_linears == 18 * 7
+    with pytest.raises(SystemExit, match="--tp 3: Gemma 3 270M"):
+        bench.Pipeline(_args(tmp_path, preset="mix", model="gemma3_270m", tp=3))
+    commands = {}
+    monkeypatch.setattr(pipe, "run", lambda name, cmd: commands.setdefault(
+        name, [str(c) for c in cmd]) and {"wall_s": 1.0, "ppl": 1.0})
+    monkeypatch.setattr(pipe, "tokenize", lambda name, text: None)
+    pipe.convert_and_tokenize({"gguf": "G.gguf", "hf_dir": str(tmp_path / "hf"),
+                               "train_txt": "T", "eval_txt": "E"})
+    convert, to_hf = commands["convert"], commands["convert_to_hf"]
+    assert convert[convert.index("--load-dir") + 1] == "G.gguf"
+    assert to_hf[to_hf.index("--load-dir") + 1] == pipe.megatron
+    assert to_hf[to_hf.index("--save-dir") + 1] == str(tmp_path / "hf")
+    pipe.evaluate("dense", assets={"eval_txt": "E"}, hf_dir="HF", eval_set="kjv_bible")
+    smol_commands = {}
+    monkeypatch.setattr(smol, "run", lambda name, cmd: smol_commands.setdefault(
+        name, [str(c) for c in cmd]))
+    smol.evaluate("dense", assets={"eval_txt": "E"}, hf_dir="HF", eval_set="kjv_bible")
+    assert "--bos" in commands["eval_dense@kjv_bible"]
+    assert "--bos" not in smol_commands["eval_dense@kjv_bible"]
+
+
+def test_skip_prior_eval_leaves_only_the_prior_row_out(bench, tmp_path, monkeypatch):
+    evaluated, checked = [], []
+
+    def evaluate(self, name, *, assets, hf_dir=None, masks=None, load=None, eval_set="wiki"):
+        evaluated.append(name)
+        return {"ppl": {"dense": 10.0, "sparsegpt_updated": 40.0}.get(name, 30.0),
+                "windows": 203, "scored_tokens": 103733, "exact_nm": None}
+
+    stubs = {
+        "assets": lambda self: {"hf_dir": "HF", "eval_txt": "EVAL", "train_txt": "TRAIN"},
+        "convert_and_tokenize": lambda self, a: None,
+        "tokenize_corpora": lambda self: {},
+        "oneshot": lambda self, method, a: {"total_seconds": 1.0, "exact_nm": True},
+        "train": lambda self, variant="maskllm": {
+            "train_seconds": 10.0, "tokens": 4096, "iterations": 1,
+            "masks": str(tmp_path / "m.idx.npz"), "mask_bytes": 1, "recipe": []},
+        "evaluate": evaluate,
+    }
+    _stub_pipeline(bench, monkeypatch, stubs)
+    monkeypatch.setattr(bench, "exact_nm", lambda path, linears=210: checked.append(linears) or True)
+    bench.main(["--workdir", str(tmp_path), "--preset", "mix", "--model", "gemma3_270m",
+                "--methods", "sparsegpt", "--skip-prior-eval"])
+    assert sorted(set(evaluated)) == ["dense", "maskllm", "sparsegpt_updated"]
+    assert len(evaluated) == 3 * 3 and checked == [126]
+    summary = json.load(open(tmp_path / "results.json"))
+    assert summary["model"] == "gemma3_270m"
+    assert {m["method"] for m in summary["methods"]} == {
+        "dense (dequantised Q4_K_M)", "SparseGPT, updated weights", LEARNED_DISTILLED}
