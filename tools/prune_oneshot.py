@@ -5,6 +5,8 @@ a HF checkpoint; writes the masks as a prior that training's --prior-mask reads.
         --calib-text train.txt --output-mask prior.npz
     python tools/prune_oneshot.py --hf-checkpoint HF_DIR --method wanda --calib-text train.txt \
         --output-mask prior.npz --hf-masks hf_masks.npz
+    python tools/prune_oneshot.py --load CKPT --method sparsegpt --calib-text train.txt \
+        --fixed-mask learned.idx.npz --save recovered/      # OBS weights for a learned mask
 
 ``--help`` lists every option; the job itself (``prune_checkpoint`` of a ``PruneJob``) is
 megatron_masklm/oneshot/checkpoint.py's.
@@ -43,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SparseGPT: write its reconstructed weights to --save/--save-hf "
                              "(without it they get the original weights times the mask, "
                              "as for magnitude and Wanda)")
+    method.add_argument("--fixed-mask", metavar="FILE",
+                        help="SparseGPT: prune by this mask instead of choosing one, and "
+                             "reconstruct the kept weights for it (OBS on the calibration "
+                             "statistics; implies --update-weights): the one-shot recovery of a "
+                             "learned mask. Any mask file of the project (export_masks.py, "
+                             "--output-mask, --hf-masks)")
     calib = parser.add_argument_group("calibration (Wanda, SparseGPT)")
     calib.add_argument("--calib-text", help="UTF-8 text file, tokenized whole")
     calib.add_argument("--calib-data", nargs="+", metavar="PREFIX_OR_WEIGHT",
@@ -58,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "text of integer ids)")
     calib.add_argument("--tokenizer-model", help="tokenizer file or directory")
     out = parser.add_argument_group("outputs")
-    out.add_argument("--output-mask", required=True,
-                     help="mask .npz under global Megatron names (training's --prior-mask)")
+    out.add_argument("--output-mask",
+                     help="mask .npz under global Megatron names (training's --prior-mask); "
+                          "required unless --fixed-mask gives the mask")
     out.add_argument("--hf-masks", help="also write the masks under HF names "
                                         "(tools/apply_masks.py reads them)")
     out.add_argument("--save", help="write a Megatron checkpoint with the pruned weights")

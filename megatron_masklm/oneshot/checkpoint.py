@@ -44,6 +44,10 @@ class PruneJob:
     percdamp: float = 0.01
     blocksize: int = 128
     update_weights: bool = False
+    fixed_mask: Optional[str] = None
+    """A mask file (any of the project's formats, Megatron or HF names) to prune by instead of
+    choosing a mask: SparseGPT's OBS update of the kept weights for that mask (implies
+    ``update_weights``)."""
     calib_text: Optional[str] = None
     calib_data: Optional[List[str]] = None
     calib_samples: int = 128
@@ -51,7 +55,8 @@ class PruneJob:
     micro_batch_size: int = 8
     tokenizer_type: Optional[str] = None
     tokenizer_model: Optional[str] = None
-    output_mask: str
+    output_mask: Optional[str] = None
+    """The masks under global Megatron names; required unless ``fixed_mask`` gives them."""
     hf_masks: Optional[str] = None
     save: Optional[str] = None
     save_hf: Optional[str] = None
@@ -62,6 +67,19 @@ class PruneJob:
 def _check_args(args) -> None:
     if bool(args.load) == bool(args.hf_checkpoint):
         raise ValueError("pass exactly one of --load (Megatron) and --hf-checkpoint (HF)")
+    if args.fixed_mask:
+        if args.method != "sparsegpt":
+            raise ValueError(f"--fixed-mask reconstructs the weights for a given mask with "
+                             f"SparseGPT's update: pass --method sparsegpt, not {args.method}")
+        if not os.path.isfile(args.fixed_mask):
+            raise ValueError(f"--fixed-mask {args.fixed_mask!r} is not a file: pass a mask file "
+                             "(tools/export_masks.py, prune_oneshot.py --output-mask/--hf-masks)")
+        if not (args.save or args.save_hf):
+            raise ValueError("--fixed-mask computes weights for the given mask: pass --save or "
+                             "--save-hf to say where to write them")
+        args.update_weights = True
+    elif not args.output_mask:
+        raise ValueError("pass --output-mask FILE: where to write the mask this method chooses")
     if args.update_weights and args.method != "sparsegpt":
         raise ValueError(f"--update-weights is SparseGPT's weight update; {args.method} has none")
     if args.update_weights and not (args.save or args.save_hf):
@@ -92,7 +110,8 @@ def _check_outputs(args) -> None:
     outputs = {"--output-mask": args.output_mask, "--hf-masks": args.hf_masks,
                "--save": args.save, "--save-hf": args.save_hf}
     inputs = {"--load": args.load, "--hf-checkpoint": args.hf_checkpoint,
-              "--calib-text": args.calib_text, "--tokenizer-model": args.tokenizer_model}
+              "--calib-text": args.calib_text, "--tokenizer-model": args.tokenizer_model,
+              "--fixed-mask": args.fixed_mask}
     for word in args.calib_data or ():
         for ext in (".bin", ".idx"):
             refuse_overlap(inputs={"--calib-data": word + ext}, outputs=outputs)
@@ -136,6 +155,7 @@ def _calibration(args, tokenizer_dir: Optional[str], vocab_size: int) -> Optiona
 def _record(args, calibration: Optional[torch.Tensor]) -> Dict[str, Any]:
     return {"method": args.method, "pattern": args.pattern, "percdamp": args.percdamp,
             "blocksize": args.blocksize, "updated_weights": bool(args.update_weights),
+            "fixed_mask": os.path.abspath(args.fixed_mask) if args.fixed_mask else None,
             "calibration": None if calibration is None else {
                 "source": args.calib_text or " ".join(args.calib_data),
                 "windows": int(calibration.shape[0]), "seq_length": int(calibration.shape[1])}}
@@ -185,7 +205,7 @@ def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
     from ..masking import is_exact_nm, parse_nm, save_masks_npz
     from ..mcore.loading import checkpoint_dtype, load_dense_weights, load_model, open_checkpoint
     from ..mcore.parallel import tensor_parallel_world
-    from .model import apply_global_masks, prune_model
+    from .model import apply_global_masks, global_linear_shapes, prune_model
 
     n, m = parse_nm(args.pattern)
     config = PruneConfig(method=args.method, n=n, m=m, percdamp=args.percdamp,
@@ -214,8 +234,15 @@ def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
             source_dtype = checkpoint_dtype(info.directory, trust=args.trust_checkpoint)
             model = load_model(info.directory, shape=shape, dense=True, dtype=torch.float32,
                                sdpa_attention=True, use_te=False, trust=args.trust_checkpoint)
+            fixed = None
+            if args.fixed_mask:
+                from ..convert.masks import read_global_masks
+
+                fixed = read_global_masks(args.fixed_mask, global_linear_shapes(model), n=n, m=m,
+                                          shape=shape)
             loaded = time.perf_counter()
-            masks = prune_model(model, config, calibration, progress=not args.no_progress)
+            masks = prune_model(model, config, calibration, progress=not args.no_progress,
+                                fixed_masks=fixed)
             pruned = time.perf_counter()
             bad = [name for name, mask in masks.items() if not is_exact_nm(mask, n, m)]
             if bad:  # pragma: no cover - the methods guarantee it; a failure here is a bug
@@ -224,7 +251,8 @@ def prune_checkpoint(args: PruneJob) -> Dict[str, Any]:
             rank0 = torch.distributed.get_rank() == 0
             hf_vocab = info.hf_vocab_size
             if rank0:
-                save_masks_npz(args.output_mask, masks)
+                if args.output_mask:
+                    save_masks_npz(args.output_mask, masks)
                 if args.hf_masks:
                     save_masks_npz(args.hf_masks, to_hf_tensors(masks, shape, hf_vocab_size=hf_vocab,
                                                                 masked_only=True))

@@ -169,14 +169,16 @@ def _collect(linears: List[_Linear], layer, captured, *, hessian: bool) -> Dict[
     return stats
 
 
-def _sparsegpt_rows(weight_RI, hessian, config: PruneConfig, group):
-    """SparseGPT on the full rows, each rank of ``group`` taking a contiguous share of them."""
+def _sparsegpt_rows(weight_RI, hessian, config: PruneConfig, group, fixed_RI=None):
+    """SparseGPT on the full rows, each rank of ``group`` taking a contiguous share of them
+    (and of the given keep-mask's rows)."""
     world, rank = group.size(), group.rank()
     rows = weight_RI.shape[0]
     share = -(-rows // world)
     mine = weight_RI[rank * share:(rank + 1) * share]
+    given = None if fixed_RI is None else fixed_RI[rank * share:(rank + 1) * share]
     keep, updated = sparsegpt(mine, hessian, config.n, config.m, blocksize=config.blocksize,
-                              percdamp=config.percdamp, update=True)
+                              percdamp=config.percdamp, update=True, keep_RI=given)
     if world == 1:
         return keep, updated
     keeps = _all_gather_padded(keep, share, group)
@@ -192,8 +194,10 @@ def _all_gather_padded(local: torch.Tensor, share: int, group) -> torch.Tensor:
     return torch.cat(pieces)
 
 
-def _prune_linear(linear: _Linear, stats: Optional[InputStatistics], config: PruneConfig):
-    """(keep-mask, new weight) for this rank's shard of ``linear``."""
+def _prune_linear(linear: _Linear, stats: Optional[InputStatistics], config: PruneConfig,
+                  fixed: Optional[torch.Tensor] = None):
+    """(keep-mask, new weight) for this rank's shard of ``linear``; ``fixed``: the unsharded
+    keep-mask SparseGPT reconstructs the weight for instead of choosing one."""
     weight = linear.module.weight.detach()
     if config.method == "magnitude":
         keep = magnitude_mask(weight, config.n, config.m)
@@ -203,11 +207,14 @@ def _prune_linear(linear: _Linear, stats: Optional[InputStatistics], config: Pru
         return keep, weight * keep
     group = linear.group
     if linear.axis == 0 or group.size() == 1:  # full inputs here: this rank's rows only
+        given = None if fixed is None else shard_global_tensor(
+            fixed, axis=linear.axis, stride=linear.stride, world=group.size(), rank=group.rank())
         keep, updated = sparsegpt(weight, stats.hessian, config.n, config.m,
-                                  blocksize=config.blocksize, percdamp=config.percdamp, update=True)
+                                  blocksize=config.blocksize, percdamp=config.percdamp, update=True,
+                                  keep_RI=given)
         return keep, updated
     full = gather_global_tensor(weight, axis=1, stride=1, group=group)
-    keep, updated = _sparsegpt_rows(full, stats.hessian, config, group)
+    keep, updated = _sparsegpt_rows(full, stats.hessian, config, group, fixed)
     rank, world = group.rank(), group.size()
     return keep.chunk(world, dim=1)[rank], updated.chunk(world, dim=1)[rank]
 
@@ -222,16 +229,24 @@ def _check_groups(linears: List[_Linear], m: int) -> None:
 
 @torch.no_grad()
 def prune_model(model: torch.nn.Module, config: PruneConfig,
-                calibration_NS: Optional[torch.Tensor] = None, *,
-                progress: bool = True) -> Dict[str, torch.Tensor]:
+                calibration_NS: Optional[torch.Tensor] = None, *, progress: bool = True,
+                fixed_masks: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
     """Prune every decoder-layer linear of a dense GPTModel (TP >= 1, PP = 1) in place.
 
     ``calibration_NS``: token windows [N, S] (Wanda and SparseGPT), the same on every rank.
     Returns unsharded boolean keep-masks on the CPU keyed ``<global module name>.weight``,
     the same on every rank. The model's weights end pruned (SparseGPT: updated and pruned).
+
+    ``fixed_masks`` (SparseGPT only; unsharded, keyed as the result is): prune by these masks
+    instead of choosing, with SparseGPT's OBS update of the kept weights (the one-shot
+    recovery of a learned mask). Each layer is still calibrated on the layers before it as
+    pruned and updated.
     """
     if config.needs_data and (calibration_NS is None or calibration_NS.numel() == 0):
         raise ValueError(f"{config.method} needs calibration windows; magnitude needs none")
+    if fixed_masks is not None and config.method != "sparsegpt":
+        raise ValueError(f"a given mask is pruned by with SparseGPT's weight update; "
+                         f"{config.method} only chooses masks")
     model.eval()
     owners = layer_owners(model)
     layers = _decoder_layers(model)
@@ -246,7 +261,12 @@ def prune_model(model: torch.nn.Module, config: PruneConfig,
         stats = (_collect(linears, layer, captured, hessian=config.method == "sparsegpt")
                  if config.needs_data else {})
         for linear in linears:
-            keep, weight = _prune_linear(linear, stats.get(linear.name), config)
+            fixed = None
+            if fixed_masks is not None:
+                fixed = fixed_masks.get(f"{linear.name}.weight")
+                if fixed is None:
+                    raise ValueError(f"the given masks have no entry for {linear.name}.weight")
+            keep, weight = _prune_linear(linear, stats.get(linear.name), config, fixed)
             linear.module.weight.copy_(weight.to(linear.module.weight.dtype))
             masks[f"{linear.name}.weight"] = gather_global_tensor(
                 keep, axis=linear.axis, stride=linear.stride, group=linear.group).cpu()
@@ -254,6 +274,18 @@ def prune_model(model: torch.nn.Module, config: PruneConfig,
         if captured is not None and layer is not layers[-1][1]:
             captured = _run_layer(layer, captured)
     return masks
+
+
+def global_linear_shapes(model: torch.nn.Module) -> Dict[str, Tuple[int, ...]]:
+    """``<global module name>.weight`` -> unsharded shape of every decoder-layer linear of a
+    dense model (PP = 1): the names and shapes :func:`prune_model`'s masks have."""
+    owners, shapes = layer_owners(model), {}
+    for prefix, layer in _decoder_layers(model):
+        for linear in _layer_linears(layer, prefix, owners):
+            shape = list(linear.module.weight.shape)
+            shape[linear.axis] *= linear.group.size()
+            shapes[f"{linear.name}.weight"] = tuple(shape)
+    return shapes
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..masking import check_group_shape, validate_nm
+from ..masking import check_group_shape, is_exact_nm, validate_nm
 
 
 def nm_keep_mask(scores_RI: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -37,8 +37,8 @@ def wanda_mask(weight_RI: torch.Tensor, input_sq_norms_I: torch.Tensor, n: int, 
 
 
 def sparsegpt(weight_RI: torch.Tensor, hessian_II: torch.Tensor, n: int, m: int, *,
-              blocksize: int = 128, percdamp: float = 0.01,
-              update: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+              blocksize: int = 128, percdamp: float = 0.01, update: bool = True,
+              keep_RI: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """SparseGPT (Frantar & Alistarh, 2023) with N:M groups along the inputs.
 
     ``hessian_II`` is the layer-input second moment (2/n X^T X). Columns are pruned left to right;
@@ -48,6 +48,11 @@ def sparsegpt(weight_RI: torch.Tensor, hessian_II: torch.Tensor, n: int, m: int,
     block (one matrix product instead of M rank-1 updates), then block by block (lazy batch).
     Returns (keep-mask, updated weight or None without ``update``); the mask is the same either
     way, since it is chosen on the progressively updated weights.
+
+    ``keep_RI``: a given exactly N:M keep-mask (a learned one, say) to reconstruct the weights
+    for, instead of choosing one: the same column-by-column OBS update with that mask's pruned
+    columns. Choosing is the only difference, so passing the mask SparseGPT itself picks gives
+    its weights bit for bit.
     """
     n, m = validate_nm(n, m)
     rows, inputs = weight_RI.shape
@@ -56,6 +61,14 @@ def sparsegpt(weight_RI: torch.Tensor, hessian_II: torch.Tensor, n: int, m: int,
         raise ValueError(f"Hessian of shape {tuple(hessian_II.shape)} does not match {inputs} inputs")
     if blocksize % m:
         raise ValueError(f"blocksize {blocksize} must be a multiple of M={m}")
+    if keep_RI is not None:
+        if tuple(keep_RI.shape) != (rows, inputs):
+            raise ValueError(f"keep-mask of shape {tuple(keep_RI.shape)} does not match the "
+                             f"weight's {(rows, inputs)}")
+        if not is_exact_nm(keep_RI, n, m):
+            raise ValueError(f"the given keep-mask is not exactly {n}:{m} (N kept in every group "
+                             f"of M consecutive inputs)")
+        keep_RI = keep_RI.to(device=weight_RI.device, dtype=torch.bool)
     W = weight_RI.detach().float().clone()
     upper = _inverse_cholesky(hessian_II.detach().float().clone(), W, percdamp)
     keep = torch.ones_like(W, dtype=torch.bool)
@@ -66,7 +79,8 @@ def sparsegpt(weight_RI: torch.Tensor, hessian_II: torch.Tensor, n: int, m: int,
         diag = torch.diagonal(u)
         for g in range(0, end - start, m):
             group = slice(g, g + m)
-            kept = nm_keep_mask(block[:, group] ** 2 / diag[group] ** 2, n, m)
+            kept = (nm_keep_mask(block[:, group] ** 2 / diag[group] ** 2, n, m) if keep_RI is None
+                    else keep_RI[:, start + g:start + g + m])
             keep[:, start + g:start + g + m] = kept
             pruned = (~kept).float()
             for j in range(m):  # OBS within the group, one column at a time

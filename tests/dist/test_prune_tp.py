@@ -24,6 +24,14 @@ def _argv(checkpoint, calib, out, method):
     return [str(a) for a in argv]
 
 
+def _fixed_argv(checkpoint, calib, out):
+    """SparseGPT's weights for Wanda's mask (--fixed-mask; Wanda's run is done), no mask out."""
+    argv = _argv(checkpoint, calib, out, "sparsegpt")
+    at = argv.index("--output-mask")
+    return argv[:at] + argv[at + 2:argv.index("--update-weights")] + [
+        "--fixed-mask", f"{out}/wanda.npz", "--save", f"{out}/fixed_ckpt"]
+
+
 def _prune_and_train_tp2(*, rank, init_method, checkpoint, calib, out, data):
     import torch.distributed as dist
 
@@ -38,6 +46,7 @@ def _prune_and_train_tp2(*, rank, init_method, checkpoint, calib, out, data):
                            cuda_to_cpu_mode=True)
     for method in METHODS:
         prune_checkpoint(tool("prune_oneshot").parse_job(_argv(checkpoint, calib, out, method)))
+    prune_checkpoint(tool("prune_oneshot").parse_job(_fixed_argv(checkpoint, calib, out)))
     dist.barrier()
 
     first = {}
@@ -75,6 +84,7 @@ def test_tp2_equals_tp1_and_the_prior_reaches_training(tmp_path):
     (tmp_path / "tp2").mkdir()
     for method in METHODS:  # the unsharded reference: one process
         assert main(_argv(checkpoint, calib, tmp_path / "tp1", method)) == 0
+    assert main(_fixed_argv(checkpoint, calib, tmp_path / "tp1")) == 0
     data = make_token_dataset(str(tmp_path))
     results = run_distributed(_prune_and_train_tp2, checkpoint=checkpoint, calib=str(calib),
                               out=str(tmp_path / "tp2"), data=data)
@@ -98,6 +108,18 @@ def test_tp2_equals_tp1_and_the_prior_reaches_training(tmp_path):
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
         if "proj" in name:
             assert not torch.equal(one[name], original[name])  # updated, not just masked
+    # a given mask (Wanda's): the same reconstruction at TP=2, exact zeros off that mask
+    wanda = load_masks_npz(str(tmp_path / "tp1" / "wanda.npz"), shapes)
+    fixed_one = load_megatron_checkpoint(str(tmp_path / "tp1" / "fixed_ckpt")).tensors
+    fixed_two = load_megatron_checkpoint(str(tmp_path / "tp2" / "fixed_ckpt")).tensors
+    unfused = {f"model.layers.{i}.{hf}.weight": f"decoder.layers.{i}.{mg}.weight"
+               for i in range(2) for hf, mg in (("self_attn.o_proj", "self_attention.linear_proj"),
+                                                ("mlp.down_proj", "mlp.linear_fc2"))}
+    for name, megatron in unfused.items():  # HF and Megatron layouts agree: the mask applies as is
+        assert not fixed_one[name][~wanda[megatron]].any()
+        assert not torch.equal(fixed_one[name], original[name] * wanda[megatron])  # updated
+    for name in fixed_one:
+        torch.testing.assert_close(fixed_two[name], fixed_one[name], rtol=1e-4, atol=1e-5)
     for first in results:
         assert first[40.0] == 1.0  # every group's argmax is the prior's candidate
         assert 0.88 < first[3.0] < 0.99  # SPEC alpha=3 with init std: ~93.5% in theory

@@ -37,16 +37,17 @@ def test_statistics_match_the_direct_sums():
     assert stats.tokens == 60
 
 
-def _reference_sparsegpt(W, H, n, m, percdamp):
+def _reference_sparsegpt(W, H, n, m, percdamp, fixed=None):
     """Textbook sequential OBS: for each column, the inverse of the Hessian restricted to the
-    columns not yet processed, inverted directly (no Cholesky trick, no blocks)."""
+    columns not yet processed, inverted directly (no Cholesky trick, no blocks). ``fixed``: the
+    keep-mask to prune by instead of choosing one."""
     W, H = W.double().clone(), H.double().clone()
     H += percdamp * torch.diagonal(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
     cols = W.shape[1]
-    keep = torch.ones_like(W, dtype=torch.bool)
+    keep = torch.ones_like(W, dtype=torch.bool) if fixed is None else fixed.clone()
     for i in range(cols):
         inverse = torch.linalg.inv(H[i:, i:])
-        if i % m == 0:
+        if i % m == 0 and fixed is None:
             d2 = torch.tensor([torch.linalg.inv(H[j:, j:])[0, 0] for j in range(i, i + m)],
                               dtype=W.dtype)
             scores = W[:, i:i + m] ** 2 / d2
@@ -71,6 +72,61 @@ def test_sparsegpt_equals_sequential_obs(n, m, blocksize):
     assert is_exact_nm(keep, n, m) and torch.all(updated[~keep] == 0)
     mask_only, none = sparsegpt(W, H, n, m, blocksize=blocksize, update=False)
     assert none is None and torch.equal(mask_only, keep)
+
+
+def _random_nm_mask(rows, inputs, n, m, gen):
+    scores = torch.rand(rows, inputs, generator=gen)
+    return nm_keep_mask(scores, n, m)
+
+
+@pytest.mark.parametrize("n, m, blocksize", [(2, 4, 8), (2, 4, 128), (1, 4, 4), (4, 8, 16)])
+def test_sparsegpt_with_a_given_mask_equals_sequential_obs_for_that_mask(n, m, blocksize):
+    """The one-shot recovery of a learned mask: OBS's update with the mask given, not chosen."""
+    gen = torch.Generator().manual_seed(7 * n + m)
+    W = torch.randn(6, 32, generator=gen)
+    X = torch.randn(200, 32, generator=gen) * torch.linspace(0.2, 3.0, 32)
+    H = 2 * X.t() @ X / X.shape[0]
+    given = _random_nm_mask(6, 32, n, m, gen)
+    keep, updated = sparsegpt(W, H, n, m, blocksize=blocksize, percdamp=0.01, keep_RI=given)
+    _, ref_W = _reference_sparsegpt(W, H, n, m, 0.01, fixed=given)
+    assert torch.equal(keep, given)
+    torch.testing.assert_close(updated.double(), ref_W, rtol=1e-4, atol=1e-4)
+    assert torch.all(updated[~given] == 0)
+    chosen, _ = sparsegpt(W, H, n, m, blocksize=blocksize, percdamp=0.01)
+    assert not torch.equal(chosen, given)  # the reference did not just pick the same mask
+
+
+def test_sparsegpt_given_its_own_mask_gives_its_weights_bit_for_bit():
+    gen = torch.Generator().manual_seed(3)
+    W = torch.randn(16, 64, generator=gen)
+    X = torch.randn(300, 64, generator=gen)
+    H = 2 * X.t() @ X / X.shape[0]
+    keep, updated = sparsegpt(W, H, 2, 4, blocksize=16)
+    again, same = sparsegpt(W, H, 2, 4, blocksize=16, keep_RI=keep)
+    assert torch.equal(again, keep) and torch.equal(same, updated)
+
+
+def test_the_update_for_a_given_mask_reconstructs_better_than_the_mask_alone():
+    gen = torch.Generator().manual_seed(11)
+    W = torch.randn(32, 64, generator=gen)
+    X = (torch.randn(500, 64, generator=gen) @ (torch.eye(64) + 0.3 * torch.randn(64, 64, generator=gen)))
+    stats = InputStatistics(64)
+    stats.add(X)
+    given = _random_nm_mask(32, 64, 2, 4, gen)
+
+    def error(weight):
+        return float(((W - weight) @ X.t()).pow(2).sum())
+
+    _, updated = sparsegpt(W, stats.hessian, 2, 4, keep_RI=given)
+    assert error(updated) < 0.9 * error(W * given)  # 0.84 here
+
+
+def test_a_given_mask_that_does_not_fit_is_named():
+    W, H = torch.randn(2, 8), torch.eye(8)
+    with pytest.raises(ValueError, match=r"keep-mask of shape \(2, 4\) does not match"):
+        sparsegpt(W, H, 2, 4, keep_RI=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="not exactly 2:4"):
+        sparsegpt(W, H, 2, 4, keep_RI=torch.ones(2, 8, dtype=torch.bool))
 
 
 def test_reconstruction_error_sparsegpt_le_wanda_le_magnitude_with_outlier_channels():

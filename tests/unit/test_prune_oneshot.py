@@ -55,11 +55,12 @@ def _keep_n_per_group(scores, n, m):
 
 
 @torch.no_grad()
-def reference_prune(hf_dir, tokens, method, *, sequential=True, n=2, m=4):
+def reference_prune(hf_dir, tokens, method, *, sequential=True, n=2, m=4, fixed=None):
     """Layer by layer on the HF model: hooks gather every linear's inputs over all windows,
     each linear is pruned (SparseGPT: the pure maths, fed a Hessian summed here in fp64), and
     the next layer's inputs come from the pruned layer (or, with ``sequential=False``, from the
-    dense model: the shortcut this driver must not take)."""
+    dense model: the shortcut this driver must not take). ``fixed``: HF name -> the keep-mask
+    SparseGPT prunes that linear by instead of choosing."""
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     dense = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     layers = model.model.layers
@@ -103,7 +104,9 @@ def reference_prune(hf_dir, tokens, method, *, sequential=True, n=2, m=4):
                 new = W * keep
             else:
                 H = (2.0 / X.shape[0]) * X.t() @ X
-                keep, new = sparsegpt(W, H.float(), n, m)
+                key = f"model.layers.{i}.{name}.weight"
+                keep, new = sparsegpt(W, H.float(), n, m,
+                                      keep_RI=None if fixed is None else fixed[key])
             mod.weight.copy_(new)
             key = f"model.layers.{i}.{name}.weight"
             masks[key], weights[key] = keep, new
@@ -137,6 +140,38 @@ def test_masks_and_weights_equal_the_sequential_reference(setup, tmp_path, metho
             assert torch.equal(tensor, original[name]), name
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / "hf").iterdir()}
     assert after == before  # the source is only read
+
+
+@pytest.mark.parametrize("naming", ["hf", "megatron"])
+def test_a_fixed_mask_gets_sparsegpts_weights_for_it(setup, tmp_path, naming):
+    """--fixed-mask: Wanda's masks (not what SparseGPT would choose), given under HF or Megatron
+    names, pruned by with SparseGPT's update, calibrated layer by layer on the updated layers:
+    the sequential reference with the same masks given."""
+    root, tokens = setup
+    wanda = tmp_path / "wanda"
+    wanda.mkdir()
+    assert _run(_common(root, "wanda", wanda)) == 0
+    given = wanda / ("hf_masks.npz" if naming == "hf" else "prior.npz")
+    out = tmp_path / "fixed"
+    out.mkdir()
+    assert _run(["--hf-checkpoint", root / "hf", "--method", "sparsegpt", "--calib-text",
+                 root / "calib.txt", "--tokenizer-type", "NullTokenizer", "--calib-samples",
+                 WINDOWS, "--seq-length", SEQ, "--micro-batch-size", 4, "--fixed-mask", given,
+                 "--hf-masks", out / "hf_masks.npz", "--save-hf", out / "recovered",
+                 "--no-progress"]) == 0
+    chosen, _ = reference_prune(root / "hf", tokens, "sparsegpt")
+    fixed = _load_hf_masks(wanda / "hf_masks.npz", chosen)
+    masks, weights = reference_prune(root / "hf", tokens, "sparsegpt", fixed=fixed)
+    assert any(not torch.equal(fixed[k], chosen[k]) for k in chosen)  # not SparseGPT's own
+    written = _load_hf_masks(out / "hf_masks.npz", masks)
+    recovered = load_file(out / "recovered" / "model.safetensors")
+    original = load_file(root / "hf" / "model.safetensors")
+    for name in masks:
+        assert torch.equal(written[name], fixed[name]), name
+        torch.testing.assert_close(recovered[name], weights[name], rtol=1e-4, atol=1e-5)
+        assert not recovered[name][~fixed[name]].any()
+        assert not torch.equal(recovered[name], original[name] * fixed[name])  # updated
+    assert not (out / "prior.npz").exists()  # --output-mask is optional with --fixed-mask
 
 
 def test_the_reference_is_sensitive_to_sequential_calibration(setup):
@@ -256,6 +291,12 @@ def test_blended_calibration_takes_each_prefix_first_windows_by_weight(tmp_path)
     (["--method", "sparsegpt", "--calib-text", "{calib}", "--pattern", "2:3"],
      "pattern 2:3: .*--blocksize 126"),
     (["--method", "magnitude", "--pattern", "5:4"], "not a sparsity pattern"),
+    (["--method", "wanda", "--calib-text", "{calib}", "--fixed-mask", "{calib}", "--save", "{out}/s"],
+     "--fixed-mask .*--method sparsegpt"),
+    (["--method", "sparsegpt", "--calib-text", "{calib}", "--fixed-mask", "{out}/none.npz",
+      "--save", "{out}/s"], "--fixed-mask .*none.npz.* is not a file"),
+    (["--method", "sparsegpt", "--calib-text", "{calib}", "--fixed-mask", "{calib}"],
+     "--fixed-mask computes weights .*--save or --save-hf"),
 ])
 def test_bad_input_fails_clearly_and_writes_nothing(setup, tmp_path, capsys, argv, message):
     root, _ = setup
