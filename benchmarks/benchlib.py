@@ -34,11 +34,12 @@ def run_json(cmd, log_path: str, env) -> dict:
     return {**(json.loads(lines[-1]) if lines else {}), "wall_s": round(wall, 1)}
 
 
-def results_table(rows) -> str:
+def results_table(rows, linears: int = 210) -> str:
     """The benchmarks' results table (BENCHMARK.md's layout): method, EVAL PPL, where it was
-    measured (only when a row says), exact 2:4, wall time, training tokens."""
+    measured (only when a row says), exact 2:4, wall time, training tokens. ``linears``: the
+    model's decoder linears, all masked (SmolLM2-135M's 210 by default)."""
     where = any("where" in row for row in rows)
-    head = ["method (2:4, all 210 decoder linears)", "EVAL PPL"] + (["measured"] if where else [])
+    head = [f"method (2:4, all {linears} decoder linears)", "EVAL PPL"] + (["measured"] if where else [])
     head += ["exact 2:4", "wall time s", "training tokens"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:

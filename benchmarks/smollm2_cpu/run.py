@@ -590,7 +590,7 @@ def main(argv=None) -> None:
     rows = tables[WIKI]
     if args.stop_after == "oneshot":
         for eval_set, table in tables.items():
-            print(f"{eval_set}:\n{results_table(table)}")
+            print(f"{eval_set}:\n{results_table(table, pipe.model.decoder_linears)}")
         return
 
     settings = dict(s, committed=_shown(s["committed"])) if s.get("committed") else s
@@ -610,7 +610,7 @@ def main(argv=None) -> None:
     for eval_set, table in tables.items():
         if len(tables) > 1:
             lines.append(f"### {EVAL_SET_NAMES[eval_set]}\n")
-        lines += [results_table(table), ""]
+        lines += [results_table(table, pipe.model.decoder_linears), ""]
         gap = gap_closed(table, label)
         if gap is not None:
             key = "gap_closed_vs_sparsegpt" + ("" if eval_set == WIKI else f"@{eval_set}")
