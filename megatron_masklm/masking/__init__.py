@@ -23,7 +23,7 @@ from .files import (
     unpack_mask,
 )
 from .nm import group_counts, is_exact_nm, nm_violations
-from .prior import apply_prior_, candidate_overlap, prior_logit_shift
+from .prior import apply_prior_, candidate_overlap, fixed_logits, prior_logit_shift
 from .sampling import (
     check_group_shape,
     expected_mask,
@@ -37,7 +37,7 @@ from .schedules import MaskState, linear_schedule, mask_state_at
 
 __all__ = [
     "MAX_M", "MaskConfig", "MaskState", "apply_prior_", "candidate_overlap", "check_group_shape",
-    "expected_mask",    "group_counts", "gumbel_noise", "hard_mask", "is_exact_nm", "linear_schedule",
+    "expected_mask", "fixed_logits", "group_counts", "gumbel_noise", "hard_mask", "is_exact_nm", "linear_schedule",
     "load_masks_npz", "mask_state_at", "masked_weight", "nm_candidates", "nm_violations",
     "num_candidates", "pack_mask", "parse_nm", "prior_logit_shift", "save_masks_npz",
     "soft_mask", "sparse_weight_regularizer", "unpack_mask", "validate_nm",

@@ -30,9 +30,14 @@ class MaskConfig:
     """Draw Gumbel noise in training mode; False gives the deterministic softmax (tests, debug)."""
     train_weights: bool = False
     """Also train the weights (and everything unmasked) jointly with the logits."""
+    frozen: bool = False
+    """The mask is given and fixed (weight recovery): the logits do not train, every forward
+    uses their argmax mask (no noise, no regulariser), and the weights train (train_weights)."""
 
     def __post_init__(self):
         validate_nm(self.n, self.m)
+        if self.frozen:
+            self.train_weights = True
         for name in ("temperature", "logit_scale", "reg_weight"):
             value = getattr(self, name)
             try:

@@ -28,6 +28,18 @@ def prior_logit_shift(
     return strength * logits_std * (candidate_overlap(prior_mask_RI, candidates_CM) - n / 2)
 
 
+def fixed_logits(mask_RI: torch.Tensor, candidates_CM: torch.Tensor) -> torch.Tensor:
+    """Logits [R, G, C] whose argmax is exactly ``mask_RI`` (an exact N:M keep-mask): 1 for the
+    candidate equal to each group, 0 for the others. A fixed mask (weight recovery) is held so."""
+    n = int(candidates_CM[0].sum().item())
+    overlap = candidate_overlap(mask_RI.to(candidates_CM.device), candidates_CM)
+    matches = overlap == n
+    if not bool((matches.sum(-1) == 1).all()) or not bool(((mask_RI == 0) | (mask_RI == 1)).all()):
+        raise ValueError(f"a fixed mask must keep exactly {n} of every {candidates_CM.shape[1]} "
+                         f"consecutive inputs")
+    return matches.float()
+
+
 @torch.no_grad()
 def apply_prior_(
     logits_RGC: torch.Tensor,

@@ -17,6 +17,7 @@ from .layers import MaskedColumnParallelLinear, MaskedLinearMixin, MaskedRowPara
 from .model import (
     apply_mask_state,
     apply_mask_training_freeze,
+    apply_fixed_masks,
     apply_prior_masks,
     build_dense_gpt_model,
     build_masked_gpt_model,
@@ -36,7 +37,7 @@ from .spec import apply_masking_to_spec, get_masked_gpt_layer_spec
 __all__ = [
     "MASK_NOISE_RNG", "MaskedColumnParallelLinear", "MaskedLinearMixin",
     "MaskedRowParallelLinear", "ModelShape", "apply_mask_state", "apply_mask_training_freeze",
-    "apply_masking_to_spec", "masks_off", "apply_prior_masks", "build_masked_gpt_model",
+    "apply_masking_to_spec", "masks_off", "apply_fixed_masks", "apply_prior_masks", "build_masked_gpt_model",
     "build_dense_gpt_model", "build_transformer_config", "check_nm", "destroy_distributed", "enable_cpu_backend",
     "get_masked_gpt_layer_spec", "hard_masks", "initialize_distributed", "masked_linears",
     "load_model_tensors", "seed_mask_noise", "set_random_seeds", "use_transformer_engine",

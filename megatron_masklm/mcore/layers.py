@@ -54,7 +54,8 @@ class MaskedLinearMixin:
         # 0/1 values, so any dtype cast keeps them exact; not saved (it follows from N:M).
         self.register_buffer("mask_candidates", candidates, persistent=False)
         logits = torch.nn.Parameter(torch.zeros(weight.shape[0], groups, candidates.shape[0],
-                                                device=weight.device, dtype=torch.float32))
+                                                device=weight.device, dtype=torch.float32),
+                                    requires_grad=not mask_config.frozen)
         if self.config.perform_initialization:
             self._init_logits(logits, mask_config.init_std)
         set_tensor_model_parallel_attributes(
@@ -115,14 +116,15 @@ class MaskedLinearMixin:
             return gumbel_noise(self.mask_logits.shape, device=device)
 
     def masked_weight(self, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """W * M~ in training mode (fresh Gumbel noise), W * argmax-mask in eval mode; W itself
+        """W * M~ in training mode (fresh Gumbel noise), W * argmax-mask in eval mode and with a
+        fixed mask (weight recovery: the pruned weights' gradient is then exactly 0); W itself
         while the mask is switched off (:func:`megatron_masklm.mcore.masks_off`)."""
         weight = self.weight if weight is None else weight
         if not self.mask_enabled:
             return weight
         logits, candidates = self.mask_logits, self.mask_candidates
         wants_logit_grad = torch.is_grad_enabled() and logits.requires_grad
-        if not self.training and not wants_logit_grad:
+        if self.mask_config.frozen or (not self.training and not wants_logit_grad):
             mask = hard_mask(logits, candidates).reshape(weight.shape)
             return weight * mask.to(weight.dtype)
         noise = None

@@ -10,7 +10,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from ..architecture import ModelShape
-from ..masking import MaskConfig, MaskState, apply_prior_, is_exact_nm
+from ..masking import MaskConfig, MaskState, apply_prior_, fixed_logits, is_exact_nm
 from . import compat, features
 from .attention import with_sdpa_attention
 from .layers import MaskedLinearMixin
@@ -122,7 +122,8 @@ def build_masked_gpt_model(
     _check_every_block_linear_is_masked(model)
     if torch.cuda.is_available():  # torch norms and CPU-initialised weights start on the host
         model.cuda(torch.cuda.current_device())
-    apply_mask_training_freeze(model, train_weights=mask_config.train_weights)
+    apply_mask_training_freeze(model, train_weights=mask_config.train_weights,
+                               frozen_mask=mask_config.frozen)
     if not mask_config.train_weights and config.recompute_granularity == "full" and pre_process:
         # Reentrant checkpointing only back-propagates into blocks whose *inputs* need grad; with
         # a frozen embedding nothing would reach the logits. Mark the embedding output instead.
@@ -236,10 +237,13 @@ def load_model_tensors(model: torch.nn.Module, tensors: dict, *, may_lack: Tuple
                            f"{unexpected[:3]} unused ({len(unexpected)} in all)")
 
 
-def apply_mask_training_freeze(model: torch.nn.Module, *, train_weights: bool) -> None:
-    """Only the mask logits train; with ``train_weights`` everything else trains too."""
+def apply_mask_training_freeze(model: torch.nn.Module, *, train_weights: bool,
+                               frozen_mask: bool = False) -> None:
+    """Only the mask logits train; with ``train_weights`` everything else trains too; with
+    ``frozen_mask`` (weight recovery) everything but the logits."""
     for name, param in model.named_parameters():
-        param.requires_grad_(train_weights or name.endswith("mask_logits"))
+        logits = name.endswith("mask_logits")
+        param.requires_grad_(not frozen_mask if logits else (train_weights or frozen_mask))
 
 
 @contextlib.contextmanager
@@ -281,6 +285,24 @@ def apply_prior_masks(model: torch.nn.Module, prior_masks: Dict[str, torch.Tenso
         prior = prior_masks[name].to(layer.mask_logits.device)
         apply_prior_(layer.mask_logits, prior, layer.mask_candidates,
                      strength=strength, logits_std=_tp_std(layer))
+
+
+@torch.no_grad()
+def apply_fixed_masks(model: torch.nn.Module, masks: Dict[str, torch.Tensor]) -> None:
+    """Hold each masked layer at a given keep-mask shard (weight recovery): logits whose argmax
+    is exactly that mask (:func:`fixed_logits`), and the pruned weights set to exactly 0, which
+    they stay (their gradient is 0 under the fixed mask, so Adam and weight decay leave them).
+    ``masks`` is keyed and shaped as :func:`apply_prior_masks`'s."""
+    layers = dict(masked_linears(model))
+    unknown = sorted(set(masks) - set(layers))
+    missing = sorted(set(layers) - set(masks))
+    if unknown or missing:
+        raise ValueError(f"fixed masks do not match the model's masked layers: unknown "
+                         f"{unknown[:3]}, missing {missing[:3]} ({len(missing)} in all)")
+    for name, layer in layers.items():
+        mask = masks[name].to(device=layer.weight.device)
+        layer.mask_logits.copy_(fixed_logits(mask, layer.mask_candidates))
+        layer.weight.mul_(mask.to(layer.weight.dtype))
 
 
 def _tp_std(layer: MaskedLinearMixin) -> float:

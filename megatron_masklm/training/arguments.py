@@ -30,7 +30,7 @@ FLAG_OVERRIDES = {
 }
 """Fields whose flag is not simply --field-name (Megatron-LM's name, or one that is unambiguous)."""
 
-CLI_EXCLUDED = {"n", "m"}  # set together by --pattern N:M
+CLI_EXCLUDED = {"n", "m", "frozen"}  # n, m: set together by --pattern N:M; frozen: by --fixed-mask
 
 KEY_ALIASES = {flag[2:].replace("-", "_"): name for name, flag in FLAG_OVERRIDES.items()}
 """YAML may name these options by their flag (model_family) or their field (family)."""

@@ -1,4 +1,5 @@
 """Build what a run trains (model, DDP, optimizer, LR scheduler) and what it reads (data)."""
+import dataclasses
 import os
 import sys
 from typing import Optional, Tuple
@@ -12,8 +13,8 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
 
 from ..cpu import native_bf16, slow_bf16_note
-from ..mcore import (build_masked_gpt_model, build_transformer_config, compat,
-                     use_transformer_engine)
+from ..mcore import (build_dense_gpt_model, build_masked_gpt_model, build_transformer_config,
+                     compat, use_transformer_engine)
 from .config import RunConfig
 
 
@@ -68,6 +69,25 @@ def build_model_and_optimizer(config: RunConfig):
         lr_decay_style=o.lr_decay_style, start_wd=o.weight_decay, end_wd=o.weight_decay,
         wd_incr_steps=t.train_iters, wd_incr_style="constant")
     return ddp, gpt, optimizer, scheduler
+
+
+def build_teacher(config: RunConfig, gpt: torch.nn.Module) -> torch.nn.Module:
+    """Weight recovery's teacher: a dense GPTModel shaped and split as the student ``gpt``
+    (this rank's pipeline stage and tensor shard), holding the pretrained checkpoint's weights,
+    frozen, in eval mode; wrapped like the student for bf16. It costs a second copy of the
+    weights (the memory estimator counts it), since the student's weights now change."""
+    from ..mcore.loading import load_dense_weights
+
+    ckpt = config.checkpoint
+    teacher = build_dense_gpt_model(  # no random initialisation: the checkpoint overwrites it
+        config.model, config=dataclasses.replace(gpt.config, perform_initialization=False), use_te=use_transformer_engine(config.parallel.transformer_impl),
+        sdpa_attention=True, pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage())
+    load_dense_weights(ckpt.pretrained_checkpoint, model=teacher, trust=ckpt.trust_checkpoint)
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    module = Float16Module(gpt.config, teacher) if config.parallel.bf16 else teacher
+    return module.eval()
 
 
 def build_tokenizer_for(config: RunConfig):

@@ -249,6 +249,11 @@ def _check_compatible(meta: Dict[str, Any], run_config: RunConfig, directory: st
             f"checkpoint {directory!r} holds {meta['pattern']} mask logits but this run asks for "
             f"--pattern {run_config.mask.pattern}: resume with --pattern {meta['pattern']}, or "
             "start a new run directory from --pretrained-checkpoint")
+    saved_frozen = bool(meta["run_config"].get("mask", {}).get("frozen", False))
+    if saved_frozen != run_config.mask.frozen:
+        what = "weight recovery under a fixed mask" if saved_frozen else "mask learning"
+        raise ValueError(f"checkpoint {directory!r} is a {what} run: resume it "
+                         f"{'with' if saved_frozen else 'without'} --fixed-mask")
     saved_shape = meta["run_config"]["model"]
     current = _shape_dict(run_config.model)
     diff = {k: (saved_shape.get(k), v) for k, v in current.items() if saved_shape.get(k) != v}

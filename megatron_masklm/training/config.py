@@ -180,6 +180,11 @@ class CheckpointConfig:
     prior_mask: Optional[str] = None
     """Mask file that shifts the initial logits (SPEC prior): a one-shot mask or one a run learned
     (tools/prune_oneshot.py or tools/export_masks.py output), npz or compact, Megatron or HF names."""
+    fixed_mask: Optional[str] = None
+    """Weight recovery: train the weights of --pretrained-checkpoint under this fixed mask (a
+    file as for --prior-mask: learned, one-shot or exported from a run) instead of learning a
+    mask. Its pruned weights start at and stay exactly 0; with --distill-weight the teacher is a
+    separate frozen copy of the pretrained weights."""
     trust_checkpoint: bool = False
     """Open --load and --pretrained-checkpoint even when their files hold pickled objects beyond
     tensors and checkpoint metadata (which could run code): only for checkpoints you created."""
@@ -218,7 +223,8 @@ class DistillConfig:
     distill_weight: float = 0.0
     """Weight of KL(teacher || student) on the output logits, added to the LM loss per token
     (0: off). The teacher is this model with its masks off, so no second copy of the weights
-    exists; it needs frozen weights."""
+    exists; it needs frozen weights. With --fixed-mask (weight recovery) the teacher is a
+    separate frozen copy of the pretrained weights."""
     distill_temperature: float = 1.0
     """Softmax temperature T of teacher and student in the KL, which is multiplied by T^2."""
 
@@ -248,10 +254,22 @@ class RunConfig:
     distillation: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self):
-        if self.distillation.enabled and self.mask.train_weights:
+        ckpt = self.checkpoint
+        if ckpt.fixed_mask:
+            if not ckpt.pretrained_checkpoint:
+                raise ValueError("--fixed-mask trains the weights of a checkpoint under a fixed "
+                                 "mask: pass --pretrained-checkpoint (the dense weights)")
+            if ckpt.prior_mask:
+                raise ValueError("--fixed-mask and --prior-mask: a fixed mask does not train, so "
+                                 "a prior has nothing to shift; pass one of them")
+            self.mask.frozen = self.mask.train_weights = True
+        elif self.mask.frozen:
+            raise ValueError("a frozen mask needs the mask: pass --fixed-mask FILE")
+        if self.distillation.enabled and self.mask.train_weights and not self.mask.frozen:
             raise ValueError("--distill-weight needs frozen weights (the teacher is the dense "
                              "model: these weights with the masks off); drop --train-weights "
-                             "or --distill-weight")
+                             "or --distill-weight (or keep the mask fixed with --fixed-mask, "
+                             "whose teacher is a separate copy)")
         if self.training.seq_length > self.model.max_position_embeddings:
             raise ValueError(f"seq_length {self.training.seq_length} exceeds the model's "
                              f"max_position_embeddings {self.model.max_position_embeddings}")

@@ -22,11 +22,11 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from ..checkpoints import latest_checkpoint
 from ..convert.masks import load_global_masks
 from ..masking import MaskState, expected_mask, mask_state_at
-from ..mcore import (apply_mask_state, apply_prior_masks, check_nm, masked_linears, masks_off,
-                     seed_mask_noise, set_random_seeds)
+from ..mcore import (apply_fixed_masks, apply_mask_state, apply_prior_masks, check_nm,
+                     masked_linears, masks_off, seed_mask_noise, set_random_seeds)
 from ..mcore.loading import load_dense_weights
 from . import checkpointing
-from .builders import build_data, build_model_and_optimizer, build_tokenizer_for
+from .builders import build_data, build_model_and_optimizer, build_teacher, build_tokenizer_for
 from .checkpointing import TrainState
 from .config import DistillConfig, RunConfig
 from .distillation import sequence_major_grad, vocab_parallel_kl
@@ -55,6 +55,9 @@ class Run:
     """The tokenizer's vocabulary (the model's rows past it are padding)."""
     checkpoint: Optional[str] = None
     """The checkpoint this run resumed from or last saved."""
+    teacher: Optional[torch.nn.Module] = None
+    """Weight recovery with distillation: a frozen dense copy of the pretrained weights (this
+    rank's stage and shard). Mask learning's teacher is ``gpt`` itself with the masks off."""
 
 
 def data_parallel_size() -> int:
@@ -177,11 +180,13 @@ def _run_batches(run: Run, batches, *, forward_only: bool) -> Dict[str, float]:
 @torch.no_grad()
 def _teacher_pass(run: Run, batches) -> None:
     """A forward-only pipeline pass of the dense teacher (the same parameters with the masks
-    off) over this step's micro-batches; the last stage keeps each one's logits in its batch."""
+    off, or in weight recovery the separate frozen copy) over this step's micro-batches; the
+    last stage keeps each one's logits in its batch."""
     t = run.config.training
-    with masks_off(run.gpt):
+    teacher = run.teacher if run.teacher is not None else run.ddp
+    with masks_off(run.gpt) if run.teacher is None else contextlib.nullcontext():
         get_forward_backward_func()(
-            forward_step_func=_teacher_forward_step, data_iterator=iter(batches), model=[run.ddp],
+            forward_step_func=_teacher_forward_step, data_iterator=iter(batches), model=[teacher],
             num_microbatches=len(batches), seq_length=t.seq_length,
             micro_batch_size=t.micro_batch_size, forward_only=True)
 
@@ -239,7 +244,7 @@ def regulariser_term(run: Run, state: MaskState) -> float:
     A pass over every logit, as costly as a masked forward's mask maths: skipped once the
     regulariser's weight has decayed to 0 (the same on every rank: it follows the schedule).
     """
-    if state.reg_weight == 0:
+    if state.reg_weight == 0 or run.config.mask.frozen:  # a fixed mask has no regulariser
         return 0.0
     device = next(run.gpt.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -282,7 +287,8 @@ def evaluate(run: Run) -> Dict[str, float]:
 
 
 def _initialise_masks(run: Run) -> None:
-    """A fresh run: dense weights from the pretrained checkpoint, then the optional prior."""
+    """A fresh run: dense weights from the pretrained checkpoint, then the optional prior (or,
+    in weight recovery, the fixed mask, which also zeroes the pruned weights)."""
     ckpt, mask = run.config.checkpoint, run.config.mask
     if ckpt.pretrained_checkpoint:
         load_dense_weights(ckpt.pretrained_checkpoint, model=run.gpt,
@@ -290,6 +296,9 @@ def _initialise_masks(run: Run) -> None:
     if ckpt.prior_mask:
         priors = load_global_masks(ckpt.prior_mask, run.gpt, shape=run.config.model)
         apply_prior_masks(run.gpt, priors, strength=mask.prior_strength)
+    if ckpt.fixed_mask:
+        apply_fixed_masks(run.gpt, load_global_masks(ckpt.fixed_mask, run.gpt,
+                                                     shape=run.config.model))
     if ckpt.pretrained_checkpoint or ckpt.prior_mask:
         run.optimizer.reload_model_params()  # main-parameter copies follow the loaded values
 
@@ -313,6 +322,8 @@ def setup_run(config: RunConfig) -> Run:
     train_data, valid_data = build_data(config, tokenizer=tokenizer)
     run = Run(config=config, ddp=ddp, gpt=gpt, optimizer=optimizer, scheduler=scheduler,
               train_data=train_data, valid_data=valid_data, vocab_size=tokenizer.vocab_size)
+    if config.mask.frozen and config.distillation.enabled:
+        run.teacher = build_teacher(config, gpt)  # also when resuming: the original weights
     num_microbatches(config)  # fail early on a batch that does not split
     resume = latest_checkpoint(config.checkpoint.load,
                                announce="resuming from" if dist.get_rank() == 0 else None)

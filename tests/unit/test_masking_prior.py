@@ -140,3 +140,16 @@ def test_wrong_candidate_count_raises_value_error(num_c):
     with pytest.raises(ValueError):
         apply_prior_(torch.zeros(1, 2, num_c), PRIOR_2_4, nm_candidates(2, 4),
                      strength=3.0, logits_std=1.0)
+
+
+def test_fixed_logits_are_one_hot_on_the_mask_by_hand():
+    from megatron_masklm.masking import fixed_logits
+
+    logits = fixed_logits(PRIOR_2_4, nm_candidates(2, 4))
+    # 1100 is candidate 0, 0101 is candidate 4 (the order above)
+    assert logits.tolist() == [[[1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0]]]
+    assert torch.equal(hard_mask(logits, nm_candidates(2, 4)).reshape(1, 8), PRIOR_2_4.float())
+    with pytest.raises(ValueError, match="exactly 2 of every 4"):
+        fixed_logits(torch.tensor([[1, 1, 1, 0, 0, 1, 0, 1]]), nm_candidates(2, 4))
+    with pytest.raises(ValueError, match="exactly 2 of every 4"):
+        fixed_logits(torch.tensor([[2, 0, 0, 0, 0, 1, 0, 1]]), nm_candidates(2, 4))

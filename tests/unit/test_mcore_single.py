@@ -292,3 +292,33 @@ def test_sdpa_attention_equals_megatrons_local_attention(mcore):
         causal = torch.ones(1, 1, 24, 24, dtype=torch.bool).triu(1)  # True = masked out
         torch.testing.assert_close(fused(tokens, positions, causal), expected, rtol=1e-5, atol=1e-5)
         assert len(calls) == 2  # the explicit mask took Megatron's path
+
+
+def test_a_fixed_mask_trains_the_kept_weights_only(mcore):
+    """Weight recovery's layer: frozen logits at a given mask, every other parameter trains,
+    the forward is W * mask in training mode too (no noise), the pruned weights start at 0 and
+    their gradient is exactly 0."""
+    model = _model(mcore, MaskConfig(frozen=True))
+    assert model.decoder.layers[0].mlp.linear_fc1.mask_config.train_weights
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.endswith("mask_logits") for n in trainable)
+    assert "embedding.word_embeddings.weight" in trainable
+    masks, gen = {}, torch.Generator().manual_seed(4)
+    for name, layer in mcore.masked_linears(model):
+        masks[name] = hard_mask(torch.randn(layer.mask_logits.shape, generator=gen),
+                                nm_candidates(2, 4)).reshape(layer.weight.shape).bool()
+    originals = {name: layer.weight.detach().clone() for name, layer in mcore.masked_linears(model)}
+    mcore.apply_fixed_masks(model, masks)
+    model.train()
+    tokens = torch.randint(0, SHAPE["vocab_size"], (2, 8), generator=gen)
+    positions = torch.arange(8).expand(2, 8)
+    model(tokens, positions, None).float().pow(2).mean().backward()
+    for name, layer in mcore.masked_linears(model):
+        mask = masks[name]
+        assert torch.equal(layer.hard_mask(), mask), name
+        assert torch.equal(layer.weight.detach(), originals[name] * mask), name
+        assert torch.equal(layer.masked_weight(), layer.weight * mask)  # no noise in training
+        assert not layer.weight.grad[~mask].any() and layer.weight.grad[mask].any(), name
+        assert layer.mask_logits.grad is None
+    with pytest.raises(ValueError, match="missing"):
+        mcore.apply_fixed_masks(model, {})
