@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bounds the micro-batches a pipeline stage holds (default: >= PP)")
     run.add_argument("--train-weights", dest="train_weights", action=argparse.BooleanOptionalAction,
                      help="joint training: weights get gradients and Adam state too")
+    run.add_argument("--fixed-mask", dest="fixed_mask", action=argparse.BooleanOptionalAction,
+                     help="weight recovery under a fixed mask (training's --fixed-mask FILE): "
+                          "the weights train, the logits do not")
+    run.add_argument("--distill-weight", dest="distill_weight", type=float,
+                     help="> 0 with --fixed-mask counts the teacher's frozen copy of the weights")
     run.add_argument("--hard-sampling", dest="hard_sampling",
                      action=argparse.BooleanOptionalAction, help="straight-through hard masks")
     run.add_argument("--attention", dest="attention", choices=ATTENTION_CHOICES,

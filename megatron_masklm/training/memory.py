@@ -177,6 +177,12 @@ class Setup:
     """Only bounds the micro-batches a pipeline stage holds; None: at least PP of them."""
     use_distributed_optimizer: bool = True
     train_weights: bool = False
+    fixed_mask: bool = False
+    """Weight recovery (training's --fixed-mask): the logits stay (fp32) but do not train, the
+    weights train, and each masked linear saves its fixed mask for the backward."""
+    distill_weight: float = 0.0
+    """> 0 with ``fixed_mask``: the teacher is a separate frozen copy of the weights (mask
+    learning's teacher is the student's own weights with the masks off: nothing to count)."""
     hard_sampling: bool = False
     sequence_parallel: bool = False
     """Takes effect only with TP > 1, as in the builders."""
@@ -194,6 +200,14 @@ class Setup:
     @property
     def weight_bytes(self) -> int:
         return 2 if self.bf16 else 4
+
+    @property
+    def trains_weights(self) -> bool:
+        return self.train_weights or self.fixed_mask
+
+    @property
+    def separate_teacher(self) -> bool:
+        return self.fixed_mask and self.distill_weight > 0
 
 
     @property
@@ -369,10 +383,13 @@ def estimate(arch: ModelShape, setup: Setup, *, gpu_memory_gib: float = 80.0) ->
             workspace = max(workspace, (e + 4) * sb * vocab // tp)
         param_padding = sum((buffer.numel - buffer.param_numel) * buffer.bytes_per_element
                             for buffer in buffers) if setup.use_distributed_optimizer else 0
-        weights_label = "weights (trained, " if setup.train_weights else "weights (frozen, "
+        weights_label = "weights (trained, " if setup.trains_weights else "weights (frozen, "
+        weights = sum(p.numel * p.bytes_per_element for p in params if not p.is_logits)
+        sampled = not setup.fixed_mask  # a fixed mask draws nothing and keeps no softmax
         items = [
-            Item("weights", weights_label + ("bf16)" if setup.bf16 else "fp32)"),
-                 sum(p.numel * p.bytes_per_element for p in params if not p.is_logits), True),
+            Item("weights", weights_label + ("bf16)" if setup.bf16 else "fp32)"), weights, True),
+            Item("teacher_weights", "teacher: frozen copy of the weights",
+                 weights if setup.separate_teacher else 0, True),
             Item("mask_logits", "mask logits (fp32)",
                  sum(p.numel * 4 for p in params if p.is_logits), True),
             Item("ddp_param_padding", "DDP param buffer padding", param_padding, True),
@@ -384,11 +401,12 @@ def estimate(arch: ModelShape, setup: Setup, *, gpu_memory_gib: float = 80.0) ->
                      for rank in range(setup.data_parallel_size if
                                        setup.use_distributed_optimizer else 1)), True),
             Item("mask_softmax_saved", "mask softmax saved for backward (fp32)",
-                 held // setup.m * per_group * 4, True),
+                 held // setup.m * per_group * 4 if sampled else 0, True),
             Item("mask_index_saved", "hard-sample index saved (int64)",
-                 held // setup.m * 8 if setup.hard_sampling else 0, True),
-            Item("masked_weight_saved", "masked weights W*M~ saved by the GEMMs",
-                 held * w, True),
+                 held // setup.m * 8 if setup.hard_sampling and sampled else 0, True),
+            Item("masked_weight_saved", "masked weights W*M~ saved by the GEMMs" +
+                 ("" if sampled else ", and the fixed masks"), held * w * (1 if sampled else 2),
+                 True),
             Item("activations", "activations (estimate)", activations, False),
             Item("transient_workspace", "transient workspace (estimate)", workspace, False),
         ]
@@ -399,7 +417,8 @@ def estimate(arch: ModelShape, setup: Setup, *, gpu_memory_gib: float = 80.0) ->
 
 # --- output ---------------------------------------------------------------------------------------
 
-OPTIONAL_ITEMS = ("ddp_param_padding", "mask_index_saved")
+OPTIONAL_ITEMS = ("ddp_param_padding", "mask_index_saved", "teacher_weights",
+                  "mask_softmax_saved")
 """Lines the table leaves out when they are zero (the JSON always has them)."""
 
 
@@ -410,7 +429,7 @@ def format_table(result: Estimate) -> str:
                   setup.data_parallel_size)
     lines = [
         f"MaskLLM {setup.n}:{setup.m} mask training, memory per GPU "
-        f"({'joint weight training' if setup.train_weights else 'mask-only'})",
+        f"({_mode(setup)})",
         f"model: {arch.family}, {arch.num_layers} layers, hidden {arch.hidden_size}, "
         f"FFN {arch.ffn_hidden_size}, {arch.num_attention_heads} heads, {arch.groups} "
         "key/value groups,",
@@ -451,6 +470,13 @@ def format_table(result: Estimate) -> str:
               "not included: CUDA context and NCCL buffers (~1-2 GiB), allocator fragmentation,",
               "              optimizer-step temporaries"]
     return "\n".join(lines)
+
+
+def _mode(setup: Setup) -> str:
+    if setup.fixed_mask:
+        teacher = ", distilled from a frozen copy" if setup.separate_teacher else ""
+        return f"weight recovery under a fixed mask{teacher}"
+    return "joint weight training" if setup.train_weights else "mask-only"
 
 
 def _plural(count: int, noun: str) -> str:
@@ -496,6 +522,8 @@ def shape_and_setup(options: Dict[str, Any]) -> Tuple[ModelShape, Setup]:
     if missing:
         raise ValueError("the model shape is incomplete: pass --model PRESET, --config FILE or "
                          + ", ".join("--" + name.replace("_", "-") for name in missing))
+    if "fixed_mask" in options:  # training's option is the mask file; here: whether there is one
+        options["fixed_mask"] = bool(options["fixed_mask"])
     arch = ModelShape(**{k: v for k, v in options.items() if k in ARCH_KEYS})
     setup = Setup(**{k: v for k, v in options.items() if k in SETUP_KEYS})
     return arch, setup

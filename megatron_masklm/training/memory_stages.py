@@ -73,7 +73,7 @@ def stage_parameters(arch: ModelShape, setup: "Setup", stage: int) -> List[Param
     w, bias = setup.weight_bytes, arch.add_bias_linear
     vocab = padded_vocab_size(arch.vocab_size, setup.make_vocab_size_divisible_by * tp)
     norm_bias = arch.normalization == "LayerNorm"
-    train = setup.train_weights
+    train = setup.trains_weights
     first, last = stage == 0, stage == pp - 1
     params: List[Param] = []
 
@@ -106,7 +106,8 @@ def stage_parameters(arch: ModelShape, setup: "Setup", stage: int) -> List[Param
                 if bias or (arch.add_qkv_bias and name == "self_attention.linear_qkv"):
                     weight(f"{prefix}.{name}.bias", biases[name])
                 params.append(Param(f"{prefix}.{name}.mask_logits",
-                                    linear.numel // setup.m * setup.candidates, 4, True))
+                                    linear.numel // setup.m * setup.candidates, 4,
+                                    not setup.fixed_mask))
                 if arch.post_sublayer_norms and name in ("self_attention.linear_proj",
                                                          "mlp.linear_fc2"):
                     norm(f"{prefix}.{name}.post_norm")  # Gemma: the sublayer output's norm
@@ -219,7 +220,7 @@ def activation_bytes_per_layer(arch: ModelShape, setup: "Setup") -> int:
     q, kv = a * arch.kv_channels, arch.groups * arch.kv_channels
     u = t if setup.uses_sequence_parallel else 1
     norms = 4 * e * sb * h // u  # each norm's input and its linear's input, twice
-    if setup.train_weights and arch.normalization == "RMSNorm":
+    if setup.trains_weights and arch.normalization == "RMSNorm":
         norms += 2 * 4 * sb * h // u  # torch's RMSNorm keeps its fp32 output for the weight grad
     if arch.post_sublayer_norms:  # the attention and MLP outputs before their norms
         norms += 2 * e * sb * h // u

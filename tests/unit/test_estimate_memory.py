@@ -30,8 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOOL = os.path.join(ROOT, "tools", "estimate_memory.py")
 
 EXACT_KEYS = ("weights", "mask_logits", "ddp_param_padding", "grad_buffers", "optimizer_states",
-              "mask_softmax_saved", "mask_index_saved", "masked_weight_saved")
-STATIC_KEYS = EXACT_KEYS[:5]
+              "teacher_weights", "mask_softmax_saved", "mask_index_saved", "masked_weight_saved")
+STATIC_KEYS = EXACT_KEYS[:6]
 
 # Odd sizes on purpose: several logits tensors are not multiples of 64 elements, so the
 # distributed optimizer's padding is not zero; the vocabulary (100) is padded to 128.
@@ -69,6 +69,11 @@ CASES = {
         LLAMA_GQA, Setup(bf16=True, use_distributed_optimizer=False, train_weights=True)),
     "qwen3_gqa_tied_bf16_adam": (dataclasses.replace(QWEN3_GQA, tied_embeddings=True),
                                  Setup(bf16=True, use_distributed_optimizer=False)),
+    # weight recovery: frozen logits, trained weights, the fixed masks saved, a teacher copy
+    "llama_gqa_untied_fp32_distopt_recovery": (
+        LLAMA_GQA, Setup(fixed_mask=True, distill_weight=1.0)),
+    "llama_gqa_tied_bf16_distopt_recovery_no_teacher": (
+        dataclasses.replace(LLAMA_GQA, tied_embeddings=True), Setup(bf16=True, fixed_mask=True)),
 }
 BATCH = dict(micro_batch_size=2, seq_length=48, attention="flash")
 
@@ -94,6 +99,7 @@ def run_options(arch: ModelShape, setup: Setup) -> dict:
         pipeline_model_parallel_size=setup.pipeline_model_parallel_size,
         bf16=setup.bf16, use_distributed_optimizer=setup.use_distributed_optimizer,
         train_weights=setup.train_weights, hard=setup.hard_sampling,
+        fixed_mask=setup.fixed_mask, distill_weight=setup.distill_weight,
         micro_batch_size=setup.micro_batch_size, seq_length=setup.seq_length,
         global_batch_size=global_batch,
         mock_data=True, train_iters=4, eval_iters=0, seed=11)
@@ -150,17 +156,44 @@ def measure_memory(*, rank, init_method, cases):
         initialize_distributed(tensor_model_parallel_size=options["tensor_model_parallel_size"],
                                pipeline_model_parallel_size=options["pipeline_model_parallel_size"],
                                init_method=init_method, seed=11, cuda_to_cpu_mode=True)
+        if options.get("fixed_mask"):
+            options = _recovery_options(options)
+        else:
+            options = {k: v for k, v in options.items() if k != "fixed_mask"}
         run = setup_run(run_config_from_options(options))
         counter = SavedTensorCounter(run)
         with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda tensor: tensor):
             train_step(run)
         from megatron.core import parallel_state
 
+        teacher = sum(p.numel() * p.element_size() for p in run.teacher.parameters()
+                      ) if run.teacher is not None else 0
         results[name] = {**training_state_bytes(run), **counter.totals(),
+                         "teacher_weights": teacher,
                          "parameters": [(n, p.numel()) for n, p in run.gpt.named_parameters()],
                          "pp_rank": parallel_state.get_pipeline_model_parallel_rank(),
                          "dp_rank": parallel_state.get_data_parallel_rank()}
     return results
+
+
+def _recovery_options(options: dict) -> dict:
+    """``options`` for weight recovery (one process, TP = PP = 1): a mask-learning run of the same
+    shape saved after one step is the pretrained checkpoint, its argmax masks the fixed mask."""
+    import tempfile
+
+    from megatron_masklm.masking import save_masks_npz
+    from megatron_masklm.mcore import hard_masks
+    from megatron_masklm.training.arguments import run_config_from_options
+    from megatron_masklm.training.loop import setup_run, train
+
+    directory = tempfile.mkdtemp(prefix="masklm-recovery-")
+    plain = {k: v for k, v in options.items() if k not in ("fixed_mask", "distill_weight")}
+    config = run_config_from_options({**plain, "train_iters": 1, "save": directory})
+    train(config)
+    masks = hard_masks(setup_run(run_config_from_options({**plain, "load": directory})).gpt)
+    path = os.path.join(directory, "masks.npz")
+    save_masks_npz(path, {f"{name}.weight": mask for name, mask in masks.items()})
+    return {**options, "pretrained_checkpoint": directory, "fixed_mask": path}
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +241,11 @@ def test_the_cases_cover_what_they_claim(measured):
     assert not any(n.endswith("linear_proj.bias") for n in names["qwen2_gqa_untied_fp32_distopt_train_weights"])
     assert ("decoder.layers.0.self_attention.q_layernorm.weight"
             in names["qwen3_gqa_tied_bf16_adam"])
+    recovery = measured["llama_gqa_untied_fp32_distopt_recovery"]
+    assert recovery["teacher_weights"] == recovery["weights"] > 0  # the teacher is a full copy
+    assert recovery["mask_softmax_saved"] == 0 and recovery["mask_logits"] > 0  # kept, frozen
+    assert recovery["grad_buffers"] >= recovery["weights"]  # the weights train, not the logits
+    assert measured["llama_gqa_tied_bf16_distopt_recovery_no_teacher"]["teacher_weights"] == 0
     assert "decoder.layers.1.mlp.linear_fc2.post_norm.weight" in names["gemma3_gqa_tied_fp32_distopt"]
 
 
