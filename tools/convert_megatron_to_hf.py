@@ -2,7 +2,7 @@
 directory (safetensors + config.json + tokenizer) that AutoModelForCausalLM loads.
 
     python tools/convert_megatron_to_hf.py --load-dir RUN_OR_CKPT_DIR --save-dir HF_OUT \
-        [--apply-masks] [--dtype bfloat16]
+        [--apply-masks] [--save-masks] [--dtype bfloat16]
 """
 import argparse
 import sys
@@ -20,6 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-dir", required=True, help="output directory (must not exist)")
     parser.add_argument("--apply-masks", action="store_true",
                         help="multiply masked weights by the argmax N:M masks (needs mask logits)")
+    parser.add_argument("--save-masks", action="store_true",
+                        help="also write the argmax masks into --save-dir as masks.idx.npz "
+                             "(compact, HF names; needs mask logits): with --apply-masks, the "
+                             "2:4 model and its mask file in one command")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="weight dtype (default: the checkpoint's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-dir")
@@ -39,6 +43,7 @@ def main(argv=None) -> int:
         from megatron_masklm.convert import convert_megatron_to_hf
 
         out = convert_megatron_to_hf(args.load_dir, args.save_dir, apply_masks=args.apply_masks,
+                                     save_masks=args.save_masks,
                                      dtype=getattr(torch, args.dtype) if args.dtype else None,
                                      overwrite=args.overwrite, trust=args.trust_checkpoint)
         print(f"wrote {out}")

@@ -68,35 +68,53 @@ def to_hf_tensors(tensors: Dict[str, torch.Tensor], shape: ModelShape, *, hf_voc
     return out
 
 
+MASKS_FILE = "masks.idx.npz"
+"""The compact mask file ``save_masks`` writes into the HF directory."""
+
+
 def convert_megatron_to_hf(checkpoint: str, output: str, *, apply_masks: bool = False,
-                           dtype: Optional[torch.dtype] = None, overwrite: bool = False,
-                           max_shard_bytes: int = MAX_SHARD_BYTES, trust: bool = False) -> str:
+                           save_masks: bool = False, dtype: Optional[torch.dtype] = None,
+                           overwrite: bool = False, max_shard_bytes: int = MAX_SHARD_BYTES,
+                           trust: bool = False) -> str:
     """Write ``output``: safetensors + config.json + tokenizer, loadable by AutoModelForCausalLM.
 
     With ``apply_masks`` the masked weights are multiplied by the argmax masks (dense tensors
-    with exact N:M zeros); the checkpoint must then hold mask logits. ``trust``: see
+    with exact N:M zeros); with ``save_masks`` those masks also go into the directory as
+    :data:`MASKS_FILE` (compact, HF names: what ``eval_ppl.py --masks`` and the sparse kernels'
+    tools read). Either needs mask logits in the checkpoint. ``trust``: see
     ``load_megatron_checkpoint``.
     """
     check_output_dir(output, overwrite=overwrite)  # before the (large) model is read
     loaded = load_megatron_checkpoint(checkpoint, dtype=dtype, trust=trust)
-    if apply_masks and not loaded.masks:
-        raise ValueError(f"{checkpoint!r} has no mask logits: nothing to apply (drop --apply-masks)")
+    for flag, wanted in (("--apply-masks", apply_masks), ("--save-masks", save_masks)):
+        if wanted and not loaded.masks:
+            raise ValueError(f"{checkpoint!r} has no mask logits: nothing to apply or save "
+                             f"(drop {flag})")
     tensors = dict(loaded.tensors)
     if dtype is not None:  # norms are built fp32 on CPU whatever params_dtype says
         tensors = {name: tensor.to(dtype) for name, tensor in tensors.items()}
     if apply_masks:
         for name, mask in loaded.masks.items():
             tensors[name] = tensors[name] * mask.to(tensors[name].dtype)
+    extra = None
+    if save_masks:
+        from ..masking.files import save_masks as write_masks
+
+        def extra(directory: str) -> None:
+            write_masks(os.path.join(directory, MASKS_FILE), loaded.masks, fmt="compact",
+                        nm=loaded.nm)
     return write_hf_dir(output, tensors, loaded.hf_config, loaded.tokenizer_dir,
-                        overwrite=overwrite, max_shard_bytes=max_shard_bytes)
+                        overwrite=overwrite, max_shard_bytes=max_shard_bytes, extra=extra)
 
 
 def write_hf_dir(output: str, tensors: Dict[str, torch.Tensor], hf_config: Dict[str, Any],
                  tokenizer_dir: Optional[str], *, overwrite: bool = False,
-                 max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
+                 max_shard_bytes: int = MAX_SHARD_BYTES, extra=None) -> str:
     """Write a HF checkpoint directory (safetensors, config.json with the tensors' dtype,
-    tokenizer files), all at once or not at all."""
+    tokenizer files, and whatever ``extra(directory)`` adds), all at once or not at all."""
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
+        if extra is not None:
+            extra(tmp)
         write_safetensors(tmp, tensors, max_shard_bytes=max_shard_bytes)
         config = {k: v for k, v in hf_config.items() if not k.startswith("_")}
         written = str(next(iter(tensors.values())).dtype).replace("torch.", "")

@@ -169,3 +169,45 @@ def test_stop_and_resume_is_bit_identical(assets, tmp_path):
 def test_bad_recovery_options_are_named(assets, options, message):
     with pytest.raises(ValueError, match=message):
         run_config(assets["prefix"], **_options(assets, **options))
+
+
+def test_the_recovered_model_exports_as_a_2_4_hf_checkpoint_with_its_mask_file(assets, tmp_path):
+    """One command (convert_megatron_to_hf.py --apply-masks --save-masks): dense tensors with
+    exact zeros that transformers loads, whose logits are the Megatron run's, passing
+    verify_nm.py, and the compact mask file beside them holding the fixed mask."""
+    import transformers
+
+    from megatron_masklm.convert.output import megatron_world_of_one
+    from megatron_masklm.masking import load_masks_any, load_masks_npz
+    from megatron_masklm.mcore.loading import load_model, open_checkpoint
+    from script_modules import tool
+
+    run_dir = str(tmp_path / "run")
+    run_distributed(_recover, assets=assets, tp=2, run_dir=run_dir)
+    out = tmp_path / "hf"
+    assert tool("convert_megatron_to_hf").main(["--load-dir", run_dir, "--save-dir", str(out),
+                                                 "--apply-masks", "--save-masks"]) == 0
+    assert tool("verify_nm").main([str(out), "--pattern", "2:4"]) == 0
+    assert tool("verify_nm").main([str(out / "masks.idx.npz")]) == 0
+    tokens = torch.randint(0, VOCAB - 1, (2, 24), generator=torch.Generator().manual_seed(9))
+    info = open_checkpoint(run_dir)
+    with megatron_world_of_one():
+        model = load_model(info.directory, shape=info.shape, nm=info.nm, use_te=False).eval()
+        with torch.no_grad():
+            ours = model(tokens, torch.arange(24).expand(2, 24), None)[..., :VOCAB]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = hf(tokens).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    masks = load_masks_any(str(out / "masks.idx.npz"))
+    weights = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+    given = load_masks_npz(str(assets["root"] / "wanda.npz"), {
+        f"decoder.layers.{i}.{name}.weight": shape for i in range(2) for name, shape in (
+            ("self_attention.linear_qkv", (128, 64)), ("self_attention.linear_proj", (64, 64)),
+            ("mlp.linear_fc1", (256, 64)), ("mlp.linear_fc2", (64, 128)))})
+    assert len(masks) == 14 and len(given) == 8  # HF names (q/k/v, gate/up apart); Megatron's
+    for name, mask in masks.items():
+        assert not weights[name][~mask.bool()].any(), name
+    assert ("model.layers.0.self_attn.o_proj.weight" in masks and torch.equal(
+        masks["model.layers.0.self_attn.o_proj.weight"].bool(),
+        given["decoder.layers.0.self_attention.linear_proj.weight"].bool()))
