@@ -73,7 +73,8 @@ def build_model_and_optimizer(config: RunConfig):
 
 def build_teacher(config: RunConfig, gpt: torch.nn.Module) -> torch.nn.Module:
     """Weight recovery's teacher: a dense GPTModel shaped and split as the student ``gpt``
-    (this rank's pipeline stage and tensor shard), holding the pretrained checkpoint's weights,
+    (this rank's pipeline stage and tensor shard), holding the teacher (else the pretrained)
+    checkpoint's weights,
     frozen, in eval mode; wrapped like the student for bf16. It costs a second copy of the
     weights (the memory estimator counts it), since the student's weights now change."""
     from ..mcore.loading import load_dense_weights
@@ -83,7 +84,8 @@ def build_teacher(config: RunConfig, gpt: torch.nn.Module) -> torch.nn.Module:
         config.model, config=dataclasses.replace(gpt.config, perform_initialization=False), use_te=use_transformer_engine(config.parallel.transformer_impl),
         sdpa_attention=True, pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage())
-    load_dense_weights(ckpt.pretrained_checkpoint, model=teacher, trust=ckpt.trust_checkpoint)
+    load_dense_weights(ckpt.teacher_checkpoint or ckpt.pretrained_checkpoint, model=teacher,
+                       trust=ckpt.trust_checkpoint)
     for param in teacher.parameters():
         param.requires_grad_(False)
     module = Float16Module(gpt.config, teacher) if config.parallel.bf16 else teacher

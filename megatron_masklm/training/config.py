@@ -184,7 +184,10 @@ class CheckpointConfig:
     """Weight recovery: train the weights of --pretrained-checkpoint under this fixed mask (a
     file as for --prior-mask: learned, one-shot or exported from a run) instead of learning a
     mask. Its pruned weights start at and stay exactly 0; with --distill-weight the teacher is a
-    separate frozen copy of the pretrained weights."""
+    separate frozen copy of the pretrained weights (or of --teacher-checkpoint)."""
+    teacher_checkpoint: Optional[str] = None
+    """Weight recovery's teacher when it is not --pretrained-checkpoint: the dense model when the
+    starting weights are already pruned (SparseGPT's updated weights, say)."""
     trust_checkpoint: bool = False
     """Open --load and --pretrained-checkpoint even when their files hold pickled objects beyond
     tensors and checkpoint metadata (which could run code): only for checkpoints you created."""
@@ -263,6 +266,9 @@ class RunConfig:
                 raise ValueError("--fixed-mask and --prior-mask: a fixed mask does not train, so "
                                  "a prior has nothing to shift; pass one of them")
             self.mask.frozen = self.mask.train_weights = True
+        elif ckpt.teacher_checkpoint:
+            raise ValueError("--teacher-checkpoint is weight recovery's teacher: pass --fixed-mask "
+                             "(mask learning's teacher is its own weights with the masks off)")
         elif self.mask.frozen:
             raise ValueError("a frozen mask needs the mask: pass --fixed-mask FILE")
         if self.distillation.enabled and self.mask.train_weights and not self.mask.frozen:

@@ -80,6 +80,17 @@ def _pipeline(*, rank, init_method, assets, pp, run_dir):
     return [(m["lm_loss"], m["distill_loss"]) for m in history]
 
 
+def _first_kl(*, rank, init_method, assets, teacher, run_dir):
+    """The first step's KL of a recovery that starts from already-pruned weights."""
+    from megatron_masklm.training.loop import train
+
+    _init(init_method, tp=2)
+    history = train(run_config(assets["prefix"], tensor_model_parallel_size=2, save=run_dir,
+                               **_options(assets, pretrained_checkpoint=assets["pruned_checkpoint"],
+                                          teacher_checkpoint=teacher, train_iters=1)))
+    return history[0]["distill_loss"]
+
+
 def _stop_and_resume(*, rank, init_method, assets, run_dir, whole_dir):
     from megatron_masklm.training.loop import train
 
@@ -108,8 +119,10 @@ def assets(tmp_path_factory):
     assert tool("prune_oneshot").main([
         "--load", checkpoint, "--method", "wanda", "--tokenizer-type", "NullTokenizer",
         "--calib-text", str(root / "calib.txt"), "--calib-samples", "12", "--seq-length", "32",
-        "--output-mask", str(root / "wanda.npz"), "--no-progress"]) == 0
+        "--output-mask", str(root / "wanda.npz"), "--save", str(root / "wanda_ckpt"),
+        "--no-progress"]) == 0
     return {"checkpoint": checkpoint, "mask": str(root / "wanda.npz"),
+            "pruned_checkpoint": str(root / "wanda_ckpt"),
             "prefix": make_token_dataset(str(root)), "root": root}
 
 
@@ -156,6 +169,16 @@ def test_pipeline_parallel_matches(assets, tmp_path):
     assert pp2[0][-1][1] > 0
 
 
+def test_the_teacher_checkpoint_is_the_dense_model_when_the_start_is_pruned(assets, tmp_path):
+    """Starting from pruned weights (Wanda's x mask, as SparseGPT's updated ones would be), the
+    default teacher is those same weights, so the first KL is 0; --teacher-checkpoint DENSE
+    makes the dense model the teacher."""
+    itself = run_distributed(_first_kl, assets=assets, teacher=None, run_dir=str(tmp_path / "a"))
+    dense = run_distributed(_first_kl, assets=assets, teacher=assets["checkpoint"],
+                            run_dir=str(tmp_path / "b"))
+    assert itself[0] == pytest.approx(0.0, abs=1e-7) and dense[0] > 1e-4
+
+
 def test_stop_and_resume_is_bit_identical(assets, tmp_path):
     whole, resumed = run_distributed(_stop_and_resume, assets=assets, run_dir=str(tmp_path / "run"),
                                      whole_dir=str(tmp_path / "whole"))[0]
@@ -165,6 +188,7 @@ def test_stop_and_resume_is_bit_identical(assets, tmp_path):
 @pytest.mark.parametrize("options, message", [
     (dict(pretrained_checkpoint=None), "--fixed-mask .* pass --pretrained-checkpoint"),
     (dict(prior_mask="x.npz"), "--fixed-mask and --prior-mask"),
+    (dict(fixed_mask=None, distill_weight=0.0, teacher_checkpoint="t"), "--teacher-checkpoint .*--fixed-mask"),
 ])
 def test_bad_recovery_options_are_named(assets, options, message):
     with pytest.raises(ValueError, match=message):
