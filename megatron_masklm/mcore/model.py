@@ -267,6 +267,18 @@ def apply_mask_state(model: torch.nn.Module, state: MaskState) -> None:
         layer.set_mask_state(state)
 
 
+def _matched_layers(model: torch.nn.Module, masks: Dict[str, torch.Tensor], *,
+                    what: str) -> Dict[str, MaskedLinearMixin]:
+    """The model's masked layers by name, once ``masks`` has exactly one entry for each."""
+    layers = dict(masked_linears(model))
+    unknown = sorted(set(masks) - set(layers))
+    missing = sorted(set(layers) - set(masks))
+    if unknown or missing:
+        raise ValueError(f"{what} do not match the model's masked layers: unknown "
+                         f"{unknown[:3]}, missing {missing[:3]} ({len(missing)} in all)")
+    return layers
+
+
 @torch.no_grad()
 def apply_prior_masks(model: torch.nn.Module, prior_masks: Dict[str, torch.Tensor], *,
                       strength: float) -> None:
@@ -275,13 +287,7 @@ def apply_prior_masks(model: torch.nn.Module, prior_masks: Dict[str, torch.Tenso
     ``prior_masks`` maps a masked layer's module name to its mask shaped like its weight
     shard. The std is that of the whole (unsharded) layer's logits, reduced over TP.
     """
-    layers = dict(masked_linears(model))
-    unknown = sorted(set(prior_masks) - set(layers))
-    missing = sorted(set(layers) - set(prior_masks))
-    if unknown or missing:
-        raise ValueError(f"prior masks do not match the model's masked layers: unknown "
-                         f"{unknown[:3]}, missing {missing[:3]} ({len(missing)} in all)")
-    for name, layer in layers.items():
+    for name, layer in _matched_layers(model, prior_masks, what="prior masks").items():
         prior = prior_masks[name].to(layer.mask_logits.device)
         apply_prior_(layer.mask_logits, prior, layer.mask_candidates,
                      strength=strength, logits_std=_tp_std(layer))
@@ -293,13 +299,7 @@ def apply_fixed_masks(model: torch.nn.Module, masks: Dict[str, torch.Tensor]) ->
     is exactly that mask (:func:`fixed_logits`), and the pruned weights set to exactly 0, which
     they stay (their gradient is 0 under the fixed mask, so Adam and weight decay leave them).
     ``masks`` is keyed and shaped as :func:`apply_prior_masks`'s."""
-    layers = dict(masked_linears(model))
-    unknown = sorted(set(masks) - set(layers))
-    missing = sorted(set(layers) - set(masks))
-    if unknown or missing:
-        raise ValueError(f"fixed masks do not match the model's masked layers: unknown "
-                         f"{unknown[:3]}, missing {missing[:3]} ({len(missing)} in all)")
-    for name, layer in layers.items():
+    for name, layer in _matched_layers(model, masks, what="fixed masks").items():
         mask = masks[name].to(device=layer.weight.device)
         layer.mask_logits.copy_(fixed_logits(mask, layer.mask_candidates))
         layer.weight.mul_(mask.to(layer.weight.dtype))

@@ -301,6 +301,21 @@ def test_the_mix_preset_calibrates_and_trains_on_one_blend_and_scores_every_set(
     assert os.path.isfile(tmp_path / "steps" / "eval_dense@kjv_bible.json")
 
 
+def _mix_stubs(tmp_path, evaluate, **overrides):
+    """Pipeline steps for a stubbed mix run: no assets or conversion, a one-step training whose
+    mask is tmp_path/m.idx.npz, ``evaluate`` for every score; ``overrides`` replace steps."""
+    return {
+        "assets": lambda self: {"hf_dir": "HF", "eval_txt": "EVAL", "train_txt": "TRAIN"},
+        "convert_and_tokenize": lambda self, a: None,
+        "tokenize_corpora": lambda self: {},
+        "oneshot": lambda self, method, a: {"total_seconds": 1.0, "exact_nm": True},
+        "train": lambda self, variant="maskllm": {
+            "train_seconds": 10.0, "tokens": 4096, "iterations": 1,
+            "masks": str(tmp_path / "m.idx.npz"), "mask_bytes": 1, "recipe": []},
+        "evaluate": evaluate,
+    } | overrides
+
+
 def test_mix_results_have_one_row_per_method_and_set_and_a_gap_per_set(bench, tmp_path,
                                                                        monkeypatch):
     calls = []
@@ -316,17 +331,8 @@ def test_mix_results_have_one_row_per_method_and_set_and_a_gap_per_set(bench, tm
         return {"ppl": ppl[eval_set][name], "windows": 210, "scored_tokens": 107310,
                 "exact_nm": None if name == "dense" else True}
 
-    stubs = {
-        "assets": lambda self: {"hf_dir": "HF", "eval_txt": "EVAL", "train_txt": "TRAIN"},
-        "convert_and_tokenize": lambda self, a: None,
-        "tokenize_corpora": lambda self: calls.append(("tokenize_corpora", None)) or {},
-        "oneshot": lambda self, method, a: {"total_seconds": 1.0, "exact_nm": True},
-        "train": lambda self, variant="maskllm": {
-            "train_seconds": 10.0, "tokens": 4096, "iterations": 1,
-            "masks": str(tmp_path / "m.idx.npz"), "mask_bytes": 1, "recipe": []},
-        "evaluate": evaluate,
-    }
-    _stub_pipeline(bench, monkeypatch, stubs)
+    _stub_pipeline(bench, monkeypatch, _mix_stubs(
+        tmp_path, evaluate, tokenize_corpora=lambda self: calls.append(("tokenize_corpora", None)) or {}))
     bench.main(["--workdir", str(tmp_path), "--preset", "mix", "--methods", "sparsegpt"])
 
     assert calls[0] == ("tokenize_corpora", None)
@@ -448,17 +454,7 @@ def test_skip_prior_eval_leaves_only_the_prior_row_out(bench, tmp_path, monkeypa
         return {"ppl": {"dense": 10.0, "sparsegpt_updated": 40.0}.get(name, 30.0),
                 "windows": 203, "scored_tokens": 103733, "exact_nm": None}
 
-    stubs = {
-        "assets": lambda self: {"hf_dir": "HF", "eval_txt": "EVAL", "train_txt": "TRAIN"},
-        "convert_and_tokenize": lambda self, a: None,
-        "tokenize_corpora": lambda self: {},
-        "oneshot": lambda self, method, a: {"total_seconds": 1.0, "exact_nm": True},
-        "train": lambda self, variant="maskllm": {
-            "train_seconds": 10.0, "tokens": 4096, "iterations": 1,
-            "masks": str(tmp_path / "m.idx.npz"), "mask_bytes": 1, "recipe": []},
-        "evaluate": evaluate,
-    }
-    _stub_pipeline(bench, monkeypatch, stubs)
+    _stub_pipeline(bench, monkeypatch, _mix_stubs(tmp_path, evaluate))
     monkeypatch.setattr(bench, "exact_nm", lambda path, linears=210: checked.append(linears) or True)
     bench.main(["--workdir", str(tmp_path), "--preset", "mix", "--model", "gemma3_270m",
                 "--methods", "sparsegpt", "--skip-prior-eval"])
